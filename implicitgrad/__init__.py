@@ -1,0 +1,57 @@
+"""implicitgrad: hypergradients for bilevel optimization in PyTorch.
+
+The whole public API is listed here; everything else is private.
+"""
+
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+from . import testing as testing
+from ._errors import ConvergenceWarning as ConvergenceWarning
+from ._errors import ImplicitGradError as ImplicitGradError
+from ._errors import InputError as InputError
+from ._errors import SolverError as SolverError
+from ._errors import StationarityWarning as StationarityWarning
+from ._hypergrad import HypergradInfo as HypergradInfo
+from ._hypergrad import fixed_point_hypergrad as fixed_point_hypergrad
+from ._hypergrad import hypergrad as hypergrad
+from ._implicit import implicit as implicit
+from ._module import make_functional as make_functional
+from ._solvers import CG as CG
+from ._solvers import AbstractSolver as AbstractSolver
+from ._solvers import Exact as Exact
+from ._solvers import Identity as Identity
+from ._solvers import LinearOperator as LinearOperator
+from ._solvers import Neumann as Neumann
+from ._solvers import Solution as Solution
+
+try:
+    __version__ = _version("implicitgrad")
+except _PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "__version__",
+    "testing",
+    # hypergradients
+    "hypergrad",
+    "fixed_point_hypergrad",
+    "implicit",
+    "HypergradInfo",
+    # solvers
+    "AbstractSolver",
+    "LinearOperator",
+    "Solution",
+    "CG",
+    "Neumann",
+    "Identity",
+    "Exact",
+    # modules
+    "make_functional",
+    # errors
+    "ImplicitGradError",
+    "InputError",
+    "SolverError",
+    "ConvergenceWarning",
+    "StationarityWarning",
+]

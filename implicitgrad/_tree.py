@@ -1,0 +1,113 @@
+"""Parameter trees: tensors, or nested tuples/lists/dicts of tensors.
+
+Every public entry point accepts its parameters as such a tree. Internally the code works on
+the flat list of leaves and, for the linear solvers, on one flat vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from ._errors import InputError
+
+__all__ = ["Tree", "TreeDef", "flatten", "unflatten", "describe", "ravel", "unravel"]
+
+Tree = Any
+TreeDef = pytree.TreeSpec
+
+
+def describe(tree: Tree) -> str:
+    """A short, human-readable description of a tree's structure, for error messages."""
+    if isinstance(tree, torch.Tensor):
+        return f"Tensor(shape={tuple(tree.shape)}, dtype={tree.dtype})"
+    if isinstance(tree, dict):
+        inner = ", ".join(f"{k!r}: {describe(v)}" for k, v in list(tree.items())[:6])
+        more = ", ..." if len(tree) > 6 else ""
+        return "{" + inner + more + "}"
+    if isinstance(tree, (tuple, list)):
+        inner = ", ".join(describe(v) for v in list(tree)[:6])
+        more = ", ..." if len(tree) > 6 else ""
+        return (
+            ("(" if isinstance(tree, tuple) else "[")
+            + inner
+            + more
+            + (")" if isinstance(tree, tuple) else "]")
+        )
+    return f"{type(tree).__name__}"
+
+
+def flatten(
+    tree: Tree, *, call: str, name: str, require_grad: bool = False
+) -> tuple[list[torch.Tensor], TreeDef]:
+    """Flatten a parameter tree into its tensor leaves, validating every leaf.
+
+    Raises [`InputError`][implicitgrad.InputError] naming `call` and the argument `name` when
+    the tree is empty, holds a non-tensor leaf, or holds a non-floating tensor.
+    """
+    leaves, spec = pytree.tree_flatten(tree)
+    if not leaves:
+        raise InputError(
+            f"`{call}({name}=...)` received an empty tree ({describe(tree)}). Pass a tensor, or "
+            "a tuple/list/dict holding at least one floating-point tensor."
+        )
+    for i, leaf in enumerate(leaves):
+        path = _leaf_path(spec, i)
+        if not isinstance(leaf, torch.Tensor):
+            raise InputError(
+                f"`{call}({name}=...)` has a leaf {path} of type {type(leaf).__name__}; every "
+                "leaf must be a torch.Tensor. Wrap numbers with torch.tensor(..., dtype=...)."
+            )
+        if not (leaf.is_floating_point() or leaf.is_complex()):
+            raise InputError(
+                f"`{call}({name}=...)` has a leaf {path} of dtype {leaf.dtype}; hypergradients "
+                "need floating-point tensors. Convert it with .to(torch.float32) (or float64)."
+            )
+    if require_grad and not any(leaf.requires_grad for leaf in leaves):
+        raise InputError(
+            f"`{call}({name}=...)` holds no tensor with requires_grad=True, so the result "
+            "would carry no gradient path. Call .requires_grad_() on the leaves you want "
+            "gradients for (nn.Parameters already require grad)."
+        )
+    return list(leaves), spec
+
+
+def unflatten(spec: TreeDef, leaves: Sequence[torch.Tensor]) -> Tree:
+    """Rebuild a tree from its leaves (inverse of [`flatten`][implicitgrad._tree.flatten])."""
+    return pytree.tree_unflatten(list(leaves), spec)
+
+
+def _leaf_path(spec: TreeDef, index: int) -> str:
+    """The key path of leaf `index`, such as `['w'][0]`, for error messages."""
+    try:
+        dummy = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
+        paths, _ = pytree.tree_flatten_with_path(dummy)
+        return "".join(str(k) for k in paths[index][0]) or "<root>"
+    except Exception:  # pragma: no cover - only cosmetics of an error message
+        return f"#{index}"
+
+
+def leaf_path(spec: TreeDef, index: int) -> str:
+    """Public-in-package alias used by the entry points' error messages."""
+    return _leaf_path(spec, index)
+
+
+def ravel(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors into one flat vector."""
+    if len(tensors) == 1:
+        return tensors[0].reshape(-1)
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unravel(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Split a flat vector into tensors shaped like `like` (inverse of `ravel`)."""
+    out = []
+    start = 0
+    for t in like:
+        n = t.numel()
+        out.append(vector[start : start + n].view_as(t))
+        start += n
+    return out
