@@ -311,9 +311,9 @@ def fixed_point_hypergrad(
     Lorraine et al. (2020) and *Teaching with Commentaries* exactly,
     $-\\partial^2 f/\\partial\\phi\\partial\\theta\\; \\alpha\\sum_{j=0}^K (I - \\alpha H)^j v$.
 
-    The system $(I - J)^\\top$ is symmetric only when $T$ is a gradient step; [`CG`][implicitgrad.CG]
-    assumes symmetry, while [`Neumann`][implicitgrad.Neumann] and [`Exact`][implicitgrad.Exact]
-    do not.
+    The system $(I - J)^\\top$ is symmetric only when $T$ is a gradient step;
+    [`CG`][implicitgrad.CG] assumes symmetry, while [`Neumann`][implicitgrad.Neumann] and
+    [`Exact`][implicitgrad.Exact] do not.
 
     **Arguments:**
 

@@ -50,7 +50,9 @@ class Exact(AbstractSolver):
                 f"`Exact(max_size=...)` must be a positive int, got {self.max_size!r}."
             )
         if not self.warn_residual > 0:
-            raise InputError(f"`Exact(warn_residual=...)` must be > 0, got {self.warn_residual!r}.")
+            raise InputError(
+                f"`Exact(warn_residual=...)` must be > 0, got {self.warn_residual!r}."
+            )
 
     def solve(
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None

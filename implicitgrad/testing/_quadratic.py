@@ -91,7 +91,8 @@ class QuadraticProblem:
         return self._tree(torch.linalg.solve(self.A, self.B @ p + self.c), self.inner_template)
 
     def outer_gradients(self, phi: Tree | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """$(\\partial g/\\partial\\theta, \\partial g/\\partial\\phi)$ at $\\theta^*(\\phi)$, flat."""
+        """The flat outer gradients $(\\partial g/\\partial\\theta, \\partial g/\\partial\\phi)$
+        at $\\theta^*(\\phi)$."""
         p = self._vec(self.outer_params if phi is None else phi)
         t = torch.linalg.solve(self.A, self.B @ p + self.c)
         return self.E.T @ (self.E @ t - self.e), self.D @ p + self.d
@@ -101,7 +102,8 @@ class QuadraticProblem:
         return self._tree(direct + self.B.T @ x, self.outer_template)
 
     def exact_hypergrad(self, phi: Tree | None = None) -> Tree:
-        """The closed-form hypergradient $D\\phi + d + B^\\top A^{-1}\\partial g/\\partial\\theta$."""
+        """The closed-form hypergradient
+        $D\\phi + d + B^\\top A^{-1}\\partial g/\\partial\\theta$."""
         v, _ = self.outer_gradients(phi)
         return self._combine(torch.linalg.solve(self.A, v), phi)
 
