@@ -23,6 +23,7 @@ from ._solvers import Exact as Exact
 from ._solvers import Identity as Identity
 from ._solvers import LinearOperator as LinearOperator
 from ._solvers import Neumann as Neumann
+from ._solvers import Nystrom as Nystrom
 from ._solvers import Solution as Solution
 
 try:
@@ -44,6 +45,7 @@ __all__ = [
     "Solution",
     "CG",
     "Neumann",
+    "Nystrom",
     "Identity",
     "Exact",
     # modules

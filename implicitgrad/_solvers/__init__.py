@@ -5,6 +5,7 @@ from .cg import CG
 from .exact import Exact
 from .identity import Identity
 from .neumann import Neumann
+from .nystrom import Nystrom
 
 __all__ = [
     "AbstractSolver",
@@ -15,4 +16,5 @@ __all__ = [
     "Exact",
     "Identity",
     "Neumann",
+    "Nystrom",
 ]
