@@ -6,6 +6,7 @@ The whole public API is listed here; everything else is private.
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from . import plugins as plugins
 from . import testing as testing
 from ._errors import ConvergenceWarning as ConvergenceWarning
 from ._errors import ImplicitGradError as ImplicitGradError
@@ -34,6 +35,7 @@ except _PackageNotFoundError:  # running from a source tree that is not installe
 __all__ = [
     "__version__",
     "testing",
+    "plugins",
     # hypergradients
     "hypergrad",
     "fixed_point_hypergrad",

@@ -1,0 +1,218 @@
+"""Train fresh students with a fixed commentary (reuse) and compare against baselines."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from implicitgrad import InputError
+
+from ._base import AbstractCommentary
+from .data import Dataset, Split
+from .models import make_student
+
+__all__ = ["TrainConfig", "TrainResult", "train_student", "compare", "accuracy", "format_table"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a student is trained when a commentary is reused.
+
+    SGD with Nesterov momentum and weight decay, the learning rate multiplied by 0.1 at
+    30%, 60% and 80% of training: the paper's blending evaluation schedule, shortened.
+
+    **Arguments:**
+
+    - `steps`: optimizer steps (default `1500`).
+    - `batch_size`: default `64`.
+    - `lr`: initial learning rate (default `0.05`).
+    - `momentum`: default `0.9` (Nesterov).
+    - `weight_decay`: default `5e-4`.
+    - `eval_fractions`: fractions of training at which test accuracy is recorded (default
+      `(0.1, 0.25, 0.5, 1.0)`), to show speed-ups.
+    """
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eval_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise InputError(f"`TrainConfig(steps=...)` must be an int >= 1, got {self.steps!r}.")
+        if not all(0 < f <= 1 for f in self.eval_fractions):
+            raise InputError(
+                "`TrainConfig(eval_fractions=...)` must lie in (0, 1], got "
+                f"{self.eval_fractions!r}."
+            )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Test accuracy of one trained student.
+
+    **Fields:**
+
+    - `accuracy`: fraction of training → test accuracy at that point.
+    - `final`: test accuracy at the end of training.
+    """
+
+    accuracy: dict[float, float]
+    final: float
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split) -> float:
+    """Classification accuracy of `model` on `split`."""
+    model.eval()
+    correct = (model(split.x).argmax(1) == split.y).sum()
+    model.train()
+    return float(correct) / len(split)
+
+
+def train_student(
+    data: Dataset,
+    arch: str,
+    commentary: AbstractCommentary | None = None,
+    *,
+    config: TrainConfig = TrainConfig(),
+    seed: int = 0,
+) -> TrainResult:
+    """Train a fresh student, optionally with a fixed commentary, and test it.
+
+    The commentary is not changed: its training loss
+    [`loss`][implicitgrad_commentaries.AbstractCommentary.loss] replaces plain
+    cross-entropy, with $\\phi$ detached. Without a commentary the student minimizes plain
+    cross-entropy with the same schedule, batches and initialization (the baseline).
+
+    **Arguments:**
+
+    - `data`: the dataset; the student is tested on `data.test`.
+    - `arch`: the student architecture
+      ([`make_student`][implicitgrad_commentaries.models.make_student]).
+    - `commentary`: the commentary to reuse, or `None` for the baseline.
+    - `config`: a [`TrainConfig`][implicitgrad_commentaries.train.TrainConfig].
+    - `seed`: seeds the initialization, the batches and the commentary's randomness.
+
+    **Returns:**
+
+    A [`TrainResult`][implicitgrad_commentaries.train.TrainResult].
+
+    **Example:**
+
+    ```python
+    from implicitgrad_commentaries.data import load_digits_dataset
+    from implicitgrad_commentaries.train import TrainConfig, train_student
+    result = train_student(load_digits_dataset(), "linear", config=TrainConfig(steps=50))
+    print(result.final)
+    ```
+    """
+    if commentary is not None and commentary.spec != data.spec:
+        raise InputError(
+            f"`train_student`: the commentary was learned on {commentary.spec} but the data is "
+            f"{data.spec}."
+        )
+    model = make_student(arch, data.spec, seed=seed)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
+    milestones = [int(config.steps * f) for f in (0.3, 0.6, 0.8)]
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
+    checkpoints = {max(1, round(f * config.steps)): f for f in config.eval_fractions}
+    gen = torch.Generator().manual_seed(seed)
+    # A separate stream for the commentary's randomness keeps the batches identical across
+    # conditions with the same seed.
+    commentary_gen = torch.Generator().manual_seed(seed + 1_000_003)
+    phi = None
+    if commentary is not None:
+        commentary.eval()
+        phi = {k: v.detach() for k, v in commentary.phi().items()}
+    result: dict[float, float] = {}
+    for step in range(1, config.steps + 1):
+        idx = torch.randint(len(data.train), (config.batch_size,), generator=gen)
+        x, y = data.train.x[idx], data.train.y[idx]
+        if commentary is None:
+            loss = F.cross_entropy(model(x), y)
+        else:
+            progress = (step - 1) / config.steps
+            loss = commentary.loss(phi, model, x, y, progress, commentary_gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step in checkpoints:
+            result[checkpoints[step]] = accuracy(model, data.test)
+    return TrainResult(result, result[checkpoints[config.steps]])
+
+
+def compare(
+    data: Dataset,
+    arch: str,
+    conditions: Mapping[str, AbstractCommentary | None],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    config: TrainConfig = TrainConfig(),
+    callback: Callable[[str, int], None] | None = None,
+) -> dict[str, list[TrainResult]]:
+    """Train one student per condition and seed; the same seed gives every condition the
+    same initialization and batches.
+
+    **Arguments:**
+
+    - `conditions`: label → commentary (or `None` for the baseline).
+    - `seeds`, `config`: as in [`train_student`][implicitgrad_commentaries.train.train_student].
+    - `callback`: called as `callback(label, seed)` after each student.
+
+    **Returns:**
+
+    label → one [`TrainResult`][implicitgrad_commentaries.train.TrainResult] per seed.
+    """
+    out: dict[str, list[TrainResult]] = {}
+    for label, commentary in conditions.items():
+        out[label] = []
+        for seed in seeds:
+            out[label].append(train_student(data, arch, commentary, config=config, seed=seed))
+            if callback is not None:
+                callback(label, seed)
+    return out
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:5.2f} ± {100 * std:4.2f}"
+
+
+def format_table(results: Mapping[str, Sequence[TrainResult]]) -> str:
+    """A Markdown table of mean ± std test accuracy (%) per condition and training fraction."""
+    fractions = sorted(next(iter(results.values()))[0].accuracy)
+    header = "| condition | " + " | ".join(f"acc @ {int(100 * f)}% of training" for f in fractions)
+    lines = [header + " |", "|---" * (len(fractions) + 1) + "|"]
+    for label, runs in results.items():
+        cells = [_mean_std([r.accuracy[f] for r in runs]) for f in fractions]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summarize(results: Mapping[str, Sequence[TrainResult]]) -> dict[str, dict[str, object]]:
+    """JSON-ready summary: per condition, the accuracies per seed and their mean/std."""
+    summary: dict[str, dict[str, object]] = {}
+    for label, runs in results.items():
+        finals = [r.final for r in runs]
+        summary[label] = {
+            "final_mean": statistics.fmean(finals),
+            "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+            "per_seed": [{str(f): a for f, a in r.accuracy.items()} for r in runs],
+        }
+    return summary
