@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -90,15 +91,19 @@ class CG(AbstractSolver):
         p = r.clone()
         rs = torch.dot(r, r)
         residual = float(rs.sqrt()) / b_norm
-        threshold = self.tol * b_norm
         while residual > self.tol and iterations < self.max_iter:
             hp = matvec(p)
             iterations += 1
             php = torch.dot(p, hp)
-            # One host sync per iteration serves both the breakdown and convergence checks.
-            php_value = float(php)
+            step = rs / php
+            x = x + step * p
+            r = r - step * hp
+            rs_new = torch.dot(r, r)
+            # A single host sync per iteration serves the breakdown and convergence checks;
+            # on breakdown the update above is discarded by the raise.
+            php_value, rs_value = torch.stack([php, rs_new]).tolist()
             if not php_value > 0.0:
-                if php_value != php_value or php_value in (float("inf"), float("-inf")):
+                if not math.isfinite(php_value):
                     check_finite(
                         hp, solver="CG", what="a Hessian-vector product", iteration=iterations
                     )
@@ -109,15 +114,10 @@ class CG(AbstractSolver):
                     "Fix: solve the inner problem further, add damping (ig.CG(damping=1e-3)), "
                     "or use ig.Exact()."
                 )
-            step = rs / php
-            x = x + step * p
-            r = r - step * hp
-            rs_new = torch.dot(r, r)
-            residual = float(rs_new.sqrt()) / b_norm
-            if residual != residual:
+            if not math.isfinite(rs_value):
                 check_finite(r, solver="CG", what="the residual", iteration=iterations)
-            if residual * b_norm <= threshold:
-                rs = rs_new
+            residual = math.sqrt(rs_value) / b_norm
+            if residual <= self.tol:
                 break
             p = r + (rs_new / rs) * p
             rs = rs_new

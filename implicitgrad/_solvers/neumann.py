@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +99,31 @@ class Neumann(AbstractSolver):
             v = hv / lam
         return 1.0 / lam, self.power_iters
 
+    @staticmethod
+    def _check_divergence(
+        norms: list[float], b_norm: float, alpha: float, symmetric: bool, last: torch.Tensor
+    ) -> None:
+        previous = b_norm
+        for j, norm in enumerate(norms, start=1):
+            if not math.isfinite(norm):
+                check_finite(last, solver="Neumann", what="a series term", iteration=j)
+                raise SolverError(
+                    f"Neumann series diverges: term {j} became non-finite (NaN/Inf); lower "
+                    f"alpha={alpha:.3e} or check the losses for NaN/Inf."
+                )
+            # For symmetric H, |(I - αH)^j b| never grows when the series converges, so any
+            # growth proves divergence. A non-symmetric fixed-point Jacobian may grow
+            # transiently; there only a large blow-up is taken as proof.
+            limit = previous * (1.0 + 1e-4) if symmetric else b_norm * 1e3
+            if norm > limit:
+                raise SolverError(
+                    f"Neumann series diverges: term {j} has norm {norm:.3e} > "
+                    f"{previous:.3e} (term {j - 1}); the step alpha={alpha:.3e} is too large "
+                    "for the Hessian (need alpha < 2 / largest eigenvalue, and H positive "
+                    "definite). Lower alpha, use alpha=None to estimate it, or use ig.CG()."
+                )
+            previous = norm
+
     def solve(
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None
     ) -> Solution:
@@ -108,26 +134,18 @@ class Neumann(AbstractSolver):
         alpha, iterations = self._step(operator, b)
         term = b
         total = b.clone()
-        previous = b_norm
-        for j in range(1, self.terms + 1):
+        norms = []
+        for _ in range(self.terms):
             term = term - alpha * operator.matvec(term)
-            iterations += 1
             total = total + term
-            norm = float(torch.linalg.vector_norm(term))
-            if norm != norm or norm == float("inf"):
-                check_finite(term, solver="Neumann", what="a series term", iteration=j)
-            # For symmetric H, |(I - αH)^j b| never grows when the series converges, so any
-            # growth proves divergence. A non-symmetric fixed-point Jacobian may grow
-            # transiently; there only a large blow-up is taken as proof.
-            limit = previous * (1.0 + 1e-4) if operator.symmetric else b_norm * 1e3
-            if norm > limit:
-                raise SolverError(
-                    f"Neumann series diverges: term {j} has norm {norm:.3e} > "
-                    f"{previous:.3e} (term {j - 1}); the step alpha={alpha:.3e} is too large "
-                    "for the Hessian (need alpha < 2 / largest eigenvalue, and H positive "
-                    "definite). Lower alpha, use alpha=None to estimate it, or use ig.CG()."
-                )
-            previous = norm
+            norms.append(torch.linalg.vector_norm(term))
+        iterations += self.terms
+        # The divergence check runs once, after the loop, so that the series needs no host
+        # synchronization per term.
+        if norms:
+            self._check_divergence(
+                torch.stack(norms).tolist(), b_norm, alpha, operator.symmetric, term
+            )
         residual = None
         if self.compute_residual:
             nxt = term - alpha * operator.matvec(term)
