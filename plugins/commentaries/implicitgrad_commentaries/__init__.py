@@ -21,6 +21,7 @@ from .learn import Implicit as Implicit
 from .learn import LearnHistory as LearnHistory
 from .learn import Unroll as Unroll
 from .learn import learn as learn
+from .masks import MaskCommentary as MaskCommentary
 from .train import TrainConfig as TrainConfig
 from .train import train_student as train_student
 from .weighting import WeightingCommentary as WeightingCommentary
@@ -36,6 +37,7 @@ __all__ = [
     "DataSpec",
     "WeightingCommentary",
     "BlendingCommentary",
+    "MaskCommentary",
     "learn",
     "Unroll",
     "Implicit",

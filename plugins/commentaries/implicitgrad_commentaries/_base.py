@@ -151,6 +151,21 @@ class AbstractCommentary(nn.Module, abc.ABC):
     ) -> torch.Tensor:
         """The commentary-modified training loss of `student` on the batch `(x, y)`."""
 
+    def student_inputs(
+        self,
+        phi: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The inputs the student sees outside training: in the learner's validation loss
+        and at test time.
+
+        The default returns `x` unchanged, so that the validation loss is the student's plain
+        loss. A commentary that is part of the student's input pipeline (an attention mask)
+        overrides it; the validation loss then depends on $\\phi$ directly as well.
+        """
+        return x
+
     def describe(self) -> str:
         """A one-line description for listings."""
         doc = (type(self).__doc__ or "").strip().splitlines()

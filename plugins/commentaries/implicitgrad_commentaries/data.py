@@ -31,7 +31,16 @@ __all__ = [
     "read_mnist",
 ]
 
-DATASETS = ("digits", "digits-binary", "digits-binary-overlap", "mnist", "cifar10", "cifar100")
+DATASETS = (
+    "digits",
+    "digits-binary",
+    "digits-binary-overlap",
+    "cluttered",
+    "spurious",
+    "mnist",
+    "cifar10",
+    "cifar100",
+)
 """Names accepted by [`load_dataset`][implicitgrad_commentaries.data.load_dataset]."""
 
 
@@ -272,7 +281,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] = "data", seed: int
     **Arguments:**
 
     - `name`: one of `DATASETS`: `"digits"`, `"digits-binary"`, `"digits-binary-overlap"`
-      (bundled with scikit-learn), or `"mnist"`, `"cifar10"`, `"cifar100"` (read from
+      (bundled with scikit-learn), `"cluttered"`, `"spurious"` (canvas tasks built from
+      digits, in `implicitgrad_commentaries.mask_data`), or `"mnist"`, `"cifar10"`,
+      `"cifar100"` (read from
       `data_dir`).
     - `data_dir`: the folder with the MNIST/CIFAR files (default `"data"`).
     - `seed`: the split seed.
@@ -285,6 +296,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] = "data", seed: int
         return load_digits_dataset(seed)
     if name in ("digits-binary", "digits-binary-overlap"):
         return load_binary_digits(name.endswith("overlap"), seed)
+    if name in ("cluttered", "spurious"):
+        from .mask_data import load_mask_dataset  # imports this module
+
+        return load_mask_dataset(name, seed)
     if name == "mnist":
         return _with_val(name, *read_mnist(data_dir), seed)
     if name in ("cifar10", "cifar100"):

@@ -18,7 +18,15 @@ from ._base import AbstractCommentary
 from .data import Dataset, Split
 from .models import make_student
 
-__all__ = ["Unroll", "Implicit", "LearnHistory", "learn", "METHODS"]
+__all__ = [
+    "Unroll",
+    "Implicit",
+    "LearnHistory",
+    "learn",
+    "losses",
+    "unrolled_hypergrad",
+    "METHODS",
+]
 
 METHODS = ("unroll", "ift")
 
@@ -248,6 +256,74 @@ def learn(
     return history
 
 
+def losses(
+    commentary: AbstractCommentary,
+    fn: Callable[..., torch.Tensor],
+    batch: tuple[torch.Tensor, torch.Tensor],
+    val_batch: tuple[torch.Tensor, torch.Tensor],
+    progress: float,
+    seed: int,
+    *,
+    l2: float = 0.0,
+) -> tuple[Callable[[Any, Any], torch.Tensor], Callable[[Any, Any], torch.Tensor]]:
+    """The bilevel pair $(L_T, L_V)$ of a commentary for one training and validation batch.
+
+    `inner(θ, φ)` is the commentary's training loss of the student `fn(θ, x)` (plus
+    $\\frac{l_2}{2}\\lVert\\theta\\rVert^2$); its randomness is re-seeded with `seed` on
+    every call, so repeated calls agree. `outer(θ, φ)` is the validation cross-entropy of
+    the student on `commentary.student_inputs(φ, x_val)` (the plain one for most
+    commentaries). Both can be passed to `ig.hypergrad` or `ig.implicit`.
+    """
+    x, y = batch
+    xv, yv = val_batch
+
+    def inner(theta: Any, phi: Any) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        loss = commentary.loss(phi, lambda z: fn(theta, z), x, y, progress, g)
+        if l2:
+            loss = loss + 0.5 * l2 * sum((t**2).sum() for t in theta.values())
+        return loss
+
+    def outer(theta: Any, phi: Any) -> torch.Tensor:
+        return F.cross_entropy(fn(theta, commentary.student_inputs(phi, xv)), yv)
+
+    return inner, outer
+
+
+def unrolled_hypergrad(
+    commentary: AbstractCommentary,
+    fn: Callable[..., torch.Tensor],
+    theta0: dict[str, torch.Tensor],
+    batches: list[tuple[torch.Tensor, torch.Tensor, int]],
+    optimizer: Any,
+    val: Split,
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """Algorithm 1 for one meta-step: $\\mathrm{d}L_V(\\theta_N(\\phi))/\\mathrm{d}\\phi$.
+
+    Trains the student `fn` from `theta0` for one step per batch `(x, y, seed)` with
+    [`ig.unroll`][implicitgrad.unroll] and `optimizer` (an `ig.AbstractOptimizer`), and
+    differentiates the validation cross-entropy on `val` back to the commentary's
+    parameters.
+
+    **Returns:**
+
+    `(validation loss, hypergradient)`, the hypergradient keyed like `commentary.phi()`.
+    """
+    phi = {k: v.detach().requires_grad_(True) for k, v in commentary.phi().items()}
+    n = len(batches)
+
+    def train_loss(theta: Any, phi_: Any, batch: tuple, k: int) -> torch.Tensor:
+        x, y, s = batch
+        g = torch.Generator().manual_seed(s)
+        return commentary.loss(phi_, lambda z: fn(theta, z), x, y, k / n, g)
+
+    theta_n = ig.unroll(train_loss, theta0, phi, batches, optimizer)
+    loss = F.cross_entropy(fn(theta_n, commentary.student_inputs(phi, val.x)), val.y)
+    grads = torch.autograd.grad(loss, list(phi.values()), allow_unused=True)
+    hg = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(phi.items(), grads)}
+    return float(loss.detach()), hg
+
+
 def _unroll_steps(
     commentary: AbstractCommentary,
     data: Dataset,
@@ -265,22 +341,11 @@ def _unroll_steps(
     fn, theta0 = ig.make_functional(make_student(arch, data.spec, seed=seed), detach=True)
     theta0 = {k: v.detach() for k, v in theta0.items()}
     optimizer = method.make_optimizer()
-    n = method.inner_steps
 
     def step(meta_step: int) -> tuple[float, dict]:
-        phi = {k: v.detach().requires_grad_(True) for k, v in commentary.phi().items()}
-        seeds = torch.randint(2**31 - 1, (n,), generator=gen).tolist()
+        seeds = torch.randint(2**31 - 1, (method.inner_steps,), generator=gen).tolist()
         batches = [(*_batch(data.train, batch_size, gen), s) for s in seeds]
-
-        def train_loss(theta: dict, phi_: dict, batch: tuple, k: int) -> torch.Tensor:
-            x, y, s = batch
-            g = torch.Generator().manual_seed(s)
-            return commentary.loss(phi_, lambda z: fn(theta, z), x, y, k / n, g)
-
-        theta_n = ig.unroll(train_loss, theta0, phi, batches, optimizer)
-        val = F.cross_entropy(fn(theta_n, data.val.x), data.val.y)
-        grads = torch.autograd.grad(val, list(phi.values()))
-        return float(val), {k: g for k, g in zip(phi, grads)}
+        return unrolled_hypergrad(commentary, fn, theta0, batches, optimizer, data.val)
 
     return step
 
@@ -307,22 +372,16 @@ def _implicit_steps(
         if k == 0:
             reset(run)
         fn, theta, opt = state["fn"], state["theta"], state["opt"]
-        progress = k / method.student_steps
-        x, y = _batch(data.train, batch_size, gen)
-        xv, yv = _batch(data.val, batch_size, gen)
+        batch, val_batch = _batch(data.train, batch_size, gen), _batch(data.val, batch_size, gen)
         batch_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-
-        def inner(th: dict, ph: dict) -> torch.Tensor:
-            g = torch.Generator().manual_seed(batch_seed)
-            return commentary.loss(ph, lambda z: fn(th, z), x, y, progress, g)
-
-        def outer(th: dict, ph: dict) -> torch.Tensor:
-            return F.cross_entropy(fn(th, xv), yv)
-
+        inner, outer = losses(
+            commentary, fn, batch, val_batch, k / method.student_steps, batch_seed
+        )
         phi = {n: p.detach() for n, p in commentary.phi().items()}
         opt.zero_grad(set_to_none=True)
         inner(theta, phi).backward()
         opt.step()
+        # Algorithm 2 takes a single student step per hyper-step, so θ is not stationary.
         hg = ig.hypergrad(inner, outer, theta, phi, solver=solver, stationarity_tol=None)
         with torch.no_grad():
             val = float(outer(theta, phi))

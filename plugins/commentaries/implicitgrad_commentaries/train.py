@@ -89,7 +89,10 @@ def train_student(
 
     The commentary is not changed: its training loss
     [`loss`][implicitgrad_commentaries.AbstractCommentary.loss] replaces plain
-    cross-entropy, with $\\phi$ detached. Without a commentary the student minimizes plain
+    cross-entropy, with $\\phi$ detached. The student is tested on
+    [`student_inputs`][implicitgrad_commentaries.AbstractCommentary.student_inputs] of the
+    test images (the images themselves, except for commentaries such as attention masks that
+    belong to the student's input pipeline). Without a commentary the student minimizes plain
     cross-entropy with the same schedule, batches and initialization (the baseline).
 
     **Arguments:**
@@ -152,8 +155,17 @@ def train_student(
         opt.step()
         sched.step()
         if step in checkpoints:
-            result[checkpoints[step]] = accuracy(model, data.test)
+            result[checkpoints[step]] = accuracy(model, _test_split(data, commentary, phi))
     return TrainResult(result, result[checkpoints[config.steps]])
+
+
+def _test_split(data: Dataset, commentary: AbstractCommentary | None, phi: dict | None) -> Split:
+    if commentary is None:
+        return data.test
+    # The same generator state at every evaluation, so random controls see the same test set.
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        return Split(commentary.student_inputs(phi or {}, data.test.x, gen), data.test.y)
 
 
 def compare(

@@ -1,0 +1,124 @@
+"""Plots of learned commentaries (matplotlib, Agg backend; the `plots` extra)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from ._base import AbstractCommentary  # noqa: E402
+from .data import Dataset  # noqa: E402
+
+__all__ = ["plot_commentary", "difficulty", "weights_over_training"]
+
+
+def difficulty(data: Dataset) -> np.ndarray:
+    """Per-training-example difficulty: one minus the probability a cross-validated
+    logistic regression gives the true label (0 easy, 1 hard)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    x = data.train.x.reshape(len(data.train), -1).numpy()
+    y = data.train.y.numpy()
+    clf = LogisticRegression(max_iter=500, C=0.1)
+    proba = cross_val_predict(clf, x, y, cv=3, method="predict_proba")
+    return 1.0 - proba[np.arange(len(y)), y]
+
+
+@torch.no_grad()
+def weights_over_training(
+    commentary: AbstractCommentary, data: Dataset, points: int = 21
+) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's weight of every training example at `points` normalized iterations.
+
+    **Returns:**
+
+    `(t, w)` with `t` of shape `(points,)` and `w` of shape `(points, n_train)`.
+    """
+    commentary.eval()
+    ts = np.linspace(0.0, 1.0, points)
+    w = np.stack([commentary(data.train.x, data.train.y, float(t)).numpy() for t in ts])
+    return ts, w
+
+
+def _weighting(commentary: AbstractCommentary, data: Dataset, out: Path) -> list[Path]:
+    ts, w = weights_over_training(commentary, data)
+    y = data.train.y.numpy()
+    hard = difficulty(data)
+    edges = np.quantile(hard, [1 / 3, 2 / 3])
+    groups = {
+        "easy third": hard <= edges[0],
+        "middle third": (hard > edges[0]) & (hard <= edges[1]),
+        "hardest third": hard > edges[1],
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for c, name in enumerate(commentary.spec.classes):
+        axes[0].plot(ts, w[:, y == c].mean(1), label=f"class {name}")
+    axes[0].set(xlabel="normalized training iteration t", ylabel="mean weight", title="by class")
+    axes[0].legend(fontsize=7, ncol=2)
+    for label, mask in groups.items():
+        axes[1].plot(ts, w[:, mask].mean(1), label=label)
+    axes[1].set(
+        xlabel="normalized training iteration t",
+        ylabel="mean weight",
+        title="by difficulty (logistic-regression confidence)",
+    )
+    axes[1].legend()
+    fig.suptitle(f"Learned example weights on {commentary.spec.name}")
+    fig.tight_layout()
+    path = out / "weights.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def _blending(commentary: AbstractCommentary, out: Path) -> list[Path]:
+    lam = commentary.proportions().numpy()  # type: ignore[operator]
+    names = commentary.spec.classes
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(1.0 - lam, cmap="viridis")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="class of the blended-in example j", ylabel="class of example i")
+    ax.set_title("Learned blending: 1 - λ (share of example j)")
+    if len(names) <= 12:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{1 - lam[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path = out / "blending.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def plot_commentary(
+    commentary: AbstractCommentary, data: Dataset, out: str | os.PathLike[str]
+) -> list[Path]:
+    """Write PNG plots of a learned commentary into the folder `out`.
+
+    - weighting: the mean weight over training by class and by example difficulty
+      (`weights.png`);
+    - blending: a heatmap of the learned blending share $1 - \\lambda$ for every class
+      pair, with class names (`blending.png`).
+
+    Other plugins get no plots (an empty list).
+
+    **Returns:**
+
+    The paths written.
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    if commentary.name == "weighting":
+        return _weighting(commentary, data, folder)
+    if commentary.name == "blending":
+        return _blending(commentary, folder)
+    return []
