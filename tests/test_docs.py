@@ -1,0 +1,396 @@
+"""The documentation stays complete and true.
+
+- Every public symbol (`implicitgrad.__all__`, `implicitgrad.testing.__all__`,
+  `implicitgrad.plugins.__all__`, `implicitgrad_commentaries.__all__`) has a
+  `::: module.Name` block in the Markdown under `docs/`.
+- Every fenced `python` block in `docs/**/*.md` runs. The blocks of one page run in order in
+  one namespace, like a notebook. A block preceded by the line `<!-- skip -->` is not run. A
+  block followed by a fence with the info string `text title="Output"` must print exactly
+  that text.
+- Every `python` block in the docstring of a public symbol (the `**Example:**` blocks) runs,
+  each in a fresh namespace.
+- The site builds with `mkdocs build --strict` and renders math and highlighted code
+  (marked slow: it takes about half a minute).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import io
+import os
+import re
+import subprocess
+import sys
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PLUGIN_DIR = ROOT / "plugins" / "commentaries"
+
+SKIP_MARKER = "<!-- skip -->"
+OUTPUT_INFO = re.compile(r"""^\w*\s+.*title=["']Output["']""")
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*)$")
+REFERENCE = re.compile(r"^[ \t]*:::[ \t]+(?P<name>[\w.]+)[ \t]*$", re.MULTILINE)
+
+
+# --------------------------------------------------------------------------------------------
+# Which modules the API reference must cover.
+
+
+def _import_commentaries() -> types.ModuleType | None:
+    """`implicitgrad_commentaries`, from the installed distribution or the source tree."""
+    try:
+        return importlib.import_module("implicitgrad_commentaries")
+    except ImportError:
+        pass
+    for candidate in (PLUGIN_DIR, PLUGIN_DIR / "src"):
+        if (candidate / "implicitgrad_commentaries").is_dir():
+            sys.path.insert(0, str(candidate))
+            return importlib.import_module("implicitgrad_commentaries")
+    return None
+
+
+def public_modules() -> list[str]:
+    """The modules whose public names must all appear in the API reference."""
+    import implicitgrad
+
+    names = ["implicitgrad", "implicitgrad.testing"]
+    if hasattr(implicitgrad, "plugins"):
+        names.append("implicitgrad.plugins")
+    if _import_commentaries() is not None:
+        names.append("implicitgrad_commentaries")
+    return names
+
+
+def public_names(module_name: str) -> list[str]:
+    """`module.__all__` as fully qualified names, without dunders and submodules.
+
+    A submodule listed in `__all__` (such as `implicitgrad.testing`) is covered through its
+    own `__all__`, which `public_modules` lists separately.
+    """
+    module = importlib.import_module(module_name)
+    exported = getattr(module, "__all__", None)
+    if exported is None:
+        exported = [
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_") and getattr(value, "__module__", None) == module_name
+        ]
+    return [
+        f"{module_name}.{name}"
+        for name in exported
+        if not (name.startswith("__") and name.endswith("__"))
+        and not isinstance(getattr(module, name), types.ModuleType)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Checker 1: every public symbol is documented.
+
+
+def markdown_files(docs_dir: Path) -> list[Path]:
+    return sorted(p for p in docs_dir.rglob("*.md") if "scripts" not in p.parts)
+
+
+def documented_names(docs_dir: Path) -> set[str]:
+    """The identifiers of all `::: identifier` blocks in the Markdown under `docs_dir`."""
+    found: set[str] = set()
+    for path in markdown_files(docs_dir):
+        found.update(m["name"] for m in REFERENCE.finditer(path.read_text(encoding="utf-8")))
+    return found
+
+
+def undocumented(modules: Iterable[str], docs_dir: Path) -> list[str]:
+    """Public names of `modules` that have no `::: name` block under `docs_dir`."""
+    documented = documented_names(docs_dir)
+    return [name for module in modules for name in public_names(module) if name not in documented]
+
+
+# --------------------------------------------------------------------------------------------
+# Checker 2: the examples run.
+
+
+@dataclass(frozen=True)
+class Example:
+    """One fenced Python block: where it is, its code, and the output it promises."""
+
+    where: str
+    line: int
+    code: str
+    skip: bool
+    expected_output: str | None
+
+
+def extract_examples(text: str, where: str) -> list[Example]:
+    """The fenced `python` blocks of a Markdown text, with their skip/output annotations."""
+    lines = text.splitlines()
+    blocks: list[tuple[int, str, str, str]] = []  # (line, info, body, previous line)
+    i = 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if m is None:
+            i += 1
+            continue
+        indent, fence, info = len(m["indent"]), m["fence"], m["info"].strip()
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines) and not (
+            lines[j].strip().startswith(fence) and lines[j].strip().strip(fence[0]) == ""
+        ):
+            body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
+            j += 1
+        previous = next((s.strip() for s in reversed(lines[:i]) if s.strip()), "")
+        blocks.append((i + 1, info, "\n".join(body) + "\n", previous))
+        i = j + 1
+    examples = []
+    for k, (line, info, body, previous) in enumerate(blocks):
+        language = info.split()[0].lower() if info else ""
+        if language not in ("python", "py"):
+            continue
+        expected = None
+        if k + 1 < len(blocks) and OUTPUT_INFO.match(blocks[k + 1][1]):
+            expected = blocks[k + 1][2]
+        examples.append(Example(where, line, body, previous == SKIP_MARKER, expected))
+    return examples
+
+
+def run_examples(examples: Iterable[Example]) -> None:
+    """Run examples in order in one namespace; raise `AssertionError` naming the first failure."""
+    # A real module, so that classes defined in an example (e.g. dataclasses) can find it.
+    module = types.ModuleType("docs_example")
+    namespace = module.__dict__
+    previous = sys.modules.get(module.__name__)
+    sys.modules[module.__name__] = module
+    try:
+        _run_in(examples, namespace)
+    finally:
+        if previous is None:
+            sys.modules.pop(module.__name__, None)
+        else:
+            sys.modules[module.__name__] = previous
+
+
+def _run_in(examples: Iterable[Example], namespace: dict[str, object]) -> None:
+    for ex in examples:
+        if ex.skip:
+            continue
+        out = io.StringIO()
+        try:
+            code = compile(ex.code, f"{ex.where}:{ex.line}", "exec")
+            with contextlib.redirect_stdout(out):
+                exec(code, namespace)
+        except Exception as err:
+            raise AssertionError(
+                f"The example at {ex.where}:{ex.line} fails with {type(err).__name__}: {err}"
+            ) from err
+        if ex.expected_output is not None and out.getvalue().strip() != ex.expected_output.strip():
+            raise AssertionError(
+                f"The example at {ex.where}:{ex.line} prints\n{out.getvalue()}\nbut the docs "
+                f"show\n{ex.expected_output}\nRun it and paste its real output."
+            )
+
+
+def page_examples(path: Path) -> list[Example]:
+    return extract_examples(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+
+
+def docstring_examples(qualified_name: str) -> list[Example]:
+    """The fenced blocks in the docstring of a public object and of its public methods."""
+    module_name, _, name = qualified_name.rpartition(".")
+    obj = getattr(importlib.import_module(module_name), name)
+    owners = [(qualified_name, obj)]
+    if inspect.isclass(obj):
+        owners += [
+            (f"{qualified_name}.{attr}", value)
+            for attr, value in vars(obj).items()
+            if not attr.startswith("_") and callable(value)
+        ]
+    examples = []
+    for where, owner in owners:
+        doc = owner.__doc__ if isinstance(owner, types.ModuleType) else inspect.getdoc(owner)
+        if doc and (where == qualified_name or owner.__doc__ is not None):
+            examples += extract_examples(doc, f"docstring of {where}")
+    return examples
+
+
+# --------------------------------------------------------------------------------------------
+# The tests.
+
+
+def test_every_public_symbol_is_in_the_api_reference() -> None:
+    missing = undocumented(public_modules(), DOCS)
+    assert not missing, (
+        "These public symbols have no `::: name` block in docs/api/*.md; add one to the page "
+        f"of their concept: {missing}"
+    )
+
+
+def test_every_reference_block_names_an_existing_object() -> None:
+    for name in sorted(documented_names(DOCS)):
+        module_name, _, attr = name.rpartition(".")
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            module = importlib.import_module(module_name)
+            assert hasattr(module, attr), f"`::: {name}` refers to nothing: {module_name}.{attr}"
+        else:
+            assert isinstance(module, types.ModuleType)
+
+
+PAGES = markdown_files(DOCS)
+
+
+@pytest.mark.parametrize("path", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
+def test_page_examples_run(path: Path) -> None:
+    run_examples(page_examples(path))
+
+
+def _all_public_names() -> list[str]:
+    names = []
+    for module in public_modules():
+        names.append(module)
+        names += public_names(module)
+    return names
+
+
+@pytest.mark.parametrize("name", _all_public_names())
+def test_docstring_examples_run(name: str) -> None:
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        examples = docstring_examples(name)
+    else:
+        examples = extract_examples(inspect.cleandoc(module.__doc__ or ""), f"docstring of {name}")
+    run_examples(examples)
+
+
+def test_public_functions_of_the_core_carry_an_example() -> None:
+    """The house style asks for a runnable example in every public function's docstring."""
+    lacking = []
+    for module in [m for m in public_modules() if m.split(".")[0] == "implicitgrad"]:
+        for name in public_names(module):
+            module_name, _, attr = name.rpartition(".")
+            obj = getattr(importlib.import_module(module_name), attr)
+            if inspect.isfunction(obj) and not docstring_examples(name):
+                lacking.append(name)
+    assert not lacking, f"These public functions have no ```python example: {lacking}"
+
+
+# --------------------------------------------------------------------------------------------
+# The checkers can fail.
+
+
+def test_coverage_check_reports_an_undocumented_symbol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = types.ModuleType("docs_dummy")
+    module.__all__ = ["documented", "forgotten", "__version__"]  # type: ignore[attr-defined]
+    module.documented = lambda: None  # type: ignore[attr-defined]
+    module.forgotten = lambda: None  # type: ignore[attr-defined]
+    module.__version__ = "0"
+    monkeypatch.setitem(sys.modules, "docs_dummy", module)
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "dummy.md").write_text("# Dummy\n\n::: docs_dummy.documented\n")
+    assert undocumented(["docs_dummy"], tmp_path) == ["docs_dummy.forgotten"]
+    (tmp_path / "api" / "dummy.md").write_text(
+        "::: docs_dummy.documented\n\n    options:\n      show_source: false\n\n"
+        "::: docs_dummy.forgotten\n"
+    )
+    assert undocumented(["docs_dummy"], tmp_path) == []
+
+
+BROKEN_PAGE = """\
+# A page
+
+```python
+import math
+x = math.sqrt(4.0)
+```
+
+<!-- skip -->
+```python
+this block is not run
+```
+
+```python
+print(x + 1)
+```
+
+```text title="Output"
+{printed}
+```
+
+```python
+assert x == 3.0, "wrong claim"
+```
+"""
+
+
+def test_example_check_reports_a_broken_example() -> None:
+    good = extract_examples(BROKEN_PAGE.format(printed="3.0"), "page.md")
+    assert [ex.skip for ex in good] == [False, True, False, False]
+    assert good[2].expected_output == "3.0\n"
+    run_examples(good[:3])  # shared namespace, skip honoured, output matches
+    with pytest.raises(AssertionError, match=r"page\.md:21 fails with AssertionError: wrong"):
+        run_examples(good)
+    wrong_output = extract_examples(BROKEN_PAGE.format(printed="4.0"), "page.md")
+    with pytest.raises(AssertionError, match=r"page\.md:13 prints\n3\.0\n"):
+        run_examples(wrong_output[:3])
+
+
+def test_example_check_reports_a_broken_docstring_example(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def shout(text: str) -> str:
+        """Upper-case `text`.
+
+        **Example:**
+
+        ```python
+        from docs_dummy_fn import shout
+        assert shout("a") == "a"
+        ```
+        """
+        return text.upper()
+
+    module = types.ModuleType("docs_dummy_fn")
+    module.shout = shout  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "docs_dummy_fn", module)
+    examples = docstring_examples("docs_dummy_fn.shout")
+    assert len(examples) == 1
+    with pytest.raises(AssertionError, match="docstring of docs_dummy_fn.shout:5 fails"):
+        run_examples(examples)
+
+
+# --------------------------------------------------------------------------------------------
+# The site builds.
+
+
+@pytest.mark.slow
+def test_site_builds_strictly_with_math_and_highlighting(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-5000:]}"
+    for page in ["concepts", "api/hypergradients", "api/solvers"]:
+        html = (site / page / "index.html").read_text(encoding="utf-8")
+        assert 'class="arithmatex"' in html, f"{page}: math is not rendered by arithmatex"
+        assert 'class="highlight"' in html, f"{page}: code blocks are not highlighted"
+    api = (site / "api" / "hypergradients" / "index.html").read_text(encoding="utf-8")
+    assert 'id="implicitgrad.hypergrad"' in api
+    assert "<strong>Arguments:</strong>" in api
+    # The MathJax script is referenced for the reader's browser, never fetched by the build.
+    assert "javascripts/mathjax.js" in api
