@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import importlib
 import inspect
 import io
@@ -221,6 +222,23 @@ def docstring_examples(qualified_name: str) -> list[Example]:
 
 
 # --------------------------------------------------------------------------------------------
+# Checker 3: the built pages show no raw Markdown (math, emphasis, links, admonitions).
+
+_CODE_OR_MATH = re.compile(
+    r"<code.*?</code>|<pre.*?</pre>|<(span|div) class=\"arithmatex\">.*?</\1>", re.DOTALL
+)
+_RAW_MARKUP = re.compile(r"\$[^$\n]{1,80}\$|\*\*\w|\]\[[\w.]+\]|^!!! |^```", re.MULTILINE)
+
+
+def unrendered_markup(page_html: str) -> list[str]:
+    """Markdown left raw in the prose of a built page, e.g. math that arithmatex missed."""
+    start, end = page_html.find("<article"), page_html.find("</article>")
+    prose = _CODE_OR_MATH.sub("", page_html[start:end])
+    text = html.unescape(re.sub(r"<[^>]+>", "", prose))
+    return _RAW_MARKUP.findall(text)
+
+
+# --------------------------------------------------------------------------------------------
 # The tests.
 
 
@@ -345,6 +363,16 @@ def test_example_check_reports_a_broken_example() -> None:
         run_examples(wrong_output[:3])
 
 
+def test_rendering_check_reports_raw_markdown() -> None:
+    good = (
+        '<article><p>Solve <span class="arithmatex">\\(Hx = v\\)</span> with '
+        "<code>$x$</code>.</p><pre><code>**kwargs</code></pre></article>"
+    )
+    assert unrendered_markup(good) == []
+    bad = "<article><p>Solve $Hx = v$ with **CG** and [`CG`][implicitgrad.CG].</p></article>"
+    assert len(unrendered_markup(bad)) == 3
+
+
 def test_example_check_reports_a_broken_docstring_example(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -391,6 +419,9 @@ def test_site_builds_strictly_with_math_and_highlighting(tmp_path: Path) -> None
         html = (site / page / "index.html").read_text(encoding="utf-8")
         assert 'class="arithmatex"' in html, f"{page}: math is not rendered by arithmatex"
         assert 'class="highlight"' in html, f"{page}: code blocks are not highlighted"
+    for page in sorted(site.rglob("index.html")):
+        leftovers = unrendered_markup(page.read_text(encoding="utf-8"))
+        assert not leftovers, f"{page.relative_to(site)} shows raw Markdown: {leftovers}"
     api = (site / "api" / "hypergradients" / "index.html").read_text(encoding="utf-8")
     assert 'id="implicitgrad.hypergrad"' in api
     assert "<strong>Arguments:</strong>" in api
