@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import html
 import importlib
+import importlib.util
 import inspect
 import io
 import os
@@ -299,6 +300,53 @@ def test_public_functions_of_the_core_carry_an_example() -> None:
             if inspect.isfunction(obj) and not docstring_examples(name):
                 lacking.append(name)
     assert not lacking, f"These public functions have no ```python example: {lacking}"
+
+
+def _load_script(name: str) -> types.ModuleType:
+    path = DOCS / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"docs_scripts_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+TABLE_ROW = re.compile(r"^\|(?P<cells>.*)\|\s*$", re.MULTILINE)
+
+
+def documented_solver_rows(text: str) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """(problem, solver) -> (relative error, cosine, HVPs) from the tables of the page."""
+    rows = {}
+    for m in TABLE_ROW.finditer(text):
+        cells = [c.strip() for c in m["cells"].split("|")]
+        if len(cells) == 6 and cells[1].startswith("`"):  # quadratic table: κ | solver | ...
+            problem, solver, rel, cos, hvps = cells[0], cells[1].strip("`"), *cells[2:5]
+        elif len(cells) == 4 and cells[0].startswith("`"):  # ridge table: solver | ...
+            problem, solver, rel, cos, hvps = "ridge", cells[0].strip("`"), *cells[1:4]
+        else:
+            continue
+        rows[(problem, solver)] = (float(rel), float(cos), int(hvps))
+    return rows
+
+
+def test_solver_tables_match_a_fresh_measurement() -> None:
+    """The numbers of "How to choose a solver" are those the script measures today."""
+    script = _load_script("solver_accuracy")
+    measured = {
+        (r.problem, r.solver): r
+        for r in [*script.quadratic_rows(repeats=1), *script.ridge_rows(repeats=1)]
+    }
+    documented = documented_solver_rows((DOCS / "choosing-a-solver.md").read_text("utf-8"))
+    assert set(documented) == set(measured)
+    for key, (rel, cos, hvps) in documented.items():
+        row = measured[key]
+        assert row.hvps == hvps, (key, row)
+        assert abs(row.cosine - cos) <= 1.1e-3, (key, row)
+        if rel >= 1e-8:  # two or three significant digits are shown
+            assert abs(row.rel_error - rel) <= 0.06 * rel, (key, row)
+        else:  # rounding-level errors differ between machines; only their size is claimed
+            assert row.rel_error < 1e-8, (key, row)
 
 
 # --------------------------------------------------------------------------------------------
