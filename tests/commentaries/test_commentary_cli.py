@@ -101,3 +101,38 @@ def test_train_on_the_wrong_dataset_is_refused(
     )
     assert status == 2
     assert "does not match the data" in err and "--dataset digits" in err
+
+
+def test_set_passes_commentary_settings(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status, out, err = run(
+        capsys,
+        "--quiet",
+        "learn",
+        "weighting",
+        "--set",
+        "normalize=true",
+        "--set",
+        "teacher=mlp",
+        "--method",
+        "ift",
+        "--student",
+        "linear",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
+    assert status == 0, err
+    config = json.loads((tmp_path / "commentary.json").read_text())["config"]
+    assert config["normalize"] is True and config["teacher"] == "mlp"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("normalize", "--set expects KEY=VALUE"), ("bogus=1", "does not fit WeightingCommentary")],
+)
+def test_bad_settings_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, setting: str, message: str
+) -> None:
+    status, _, err = run(capsys, "learn", "weighting", "--set", setting, "--out", str(tmp_path))
+    assert status == 2 and message in err

@@ -112,3 +112,31 @@ def test_default_method_learns(commentary: AbstractCommentary) -> None:
     history = learn(commentary, data, None, steps=1, batch_size=8)
     assert history.method == type(commentary).default_method
     assert any(not torch.equal(before[k], v) for k, v in commentary.phi().items())
+
+
+@pytest.mark.parametrize("init_weight", [0.2, 0.7])
+def test_normalized_constant_weights_give_plain_cross_entropy(init_weight: float) -> None:
+    data = make_tiny()
+    c = WeightingCommentary(data.spec, normalize=True, init_weight=init_weight)
+    with torch.no_grad():
+        c.head.weight.zero_()
+    student = make_student("mlp", data.spec, seed=0)
+    x, y = data.train.x, data.train.y
+    plain = torch.nn.functional.cross_entropy(student(x), y)
+    torch.testing.assert_close(c.loss(c.phi(), student, x, y, 0.5), plain)
+    unnormalized = WeightingCommentary(data.spec, init_weight=init_weight)
+    with torch.no_grad():
+        unnormalized.head.weight.zero_()
+    scaled = unnormalized.loss(unnormalized.phi(), student, x, y, 0.5)
+    torch.testing.assert_close(scaled, init_weight * plain)
+
+
+def test_controls_are_usable_commentaries(commentary: AbstractCommentary) -> None:
+    data = make_tiny()
+    controls = commentary.controls(data.val.x)
+    assert isinstance(controls, dict)
+    student = make_student("mlp", commentary.spec, seed=0)
+    for label, control in controls.items():
+        assert isinstance(label, str) and isinstance(control, AbstractCommentary)
+        assert control.spec == commentary.spec
+        assert torch.isfinite(_loss(control, student))

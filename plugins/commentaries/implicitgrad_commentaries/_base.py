@@ -68,10 +68,11 @@ class AbstractCommentary(nn.Module, abc.ABC):
     L_T(\\theta, \\phi)$, by backpropagation through training (Algorithm 1) or implicit
     differentiation (Algorithm 2).
 
-    **Contract.** A subclass sets the class attributes `name` (its plugin name) and
-    `default_method` (`"unroll"` or `"ift"`), takes `(spec, **config)` in `__init__` where
-    every config value is JSON-serializable and is stored by calling
-    `super().__init__(spec, **config)`, and implements
+    **Contract.** A subclass sets the class attributes `name` (its plugin name),
+    `default_method` (`"unroll"` or `"ift"`) and optionally `default_meta_lr` (the Adam
+    step on $\\phi$ the learner uses unless told otherwise). Its `__init__` takes
+    `(spec, **config)`, every config value JSON-serializable with a default, and passes
+    them on with `super().__init__(spec, **config)`. It implements
 
     - `loss(phi, student, x, y, progress, generator=None) -> scalar`: the commentary-modified
       training loss of the student on one batch. `phi` is a dictionary name → tensor with the
@@ -120,6 +121,7 @@ class AbstractCommentary(nn.Module, abc.ABC):
 
     name: ClassVar[str] = ""
     default_method: ClassVar[str] = "ift"
+    default_meta_lr: ClassVar[float] = 1e-2
 
     def __init__(self, spec: DataSpec, **config: Any) -> None:
         super().__init__()
@@ -165,6 +167,19 @@ class AbstractCommentary(nn.Module, abc.ABC):
         overrides it; the validation loss then depends on $\\phi$ directly as well.
         """
         return x
+
+    def controls(self, x: torch.Tensor | None = None) -> dict[str, AbstractCommentary]:
+        """Fixed control commentaries to compare against when this one is reused.
+
+        A learned commentary should beat not only the plain baseline but also an unlearned
+        commentary of the same kind (random blending, random masks, ...). `x` are
+        validation inputs a control may use to match this commentary's statistics.
+
+        **Returns:**
+
+        label → commentary (default: none).
+        """
+        return {}
 
     def describe(self) -> str:
         """A one-line description for listings."""

@@ -53,6 +53,8 @@ class BlendingCommentary(AbstractCommentary):
 
     name = "blending"
     default_method = "ift"
+    # The paper uses 1e-2 over 100 CIFAR epochs; a few hundred digits steps need a larger one.
+    default_meta_lr = 5e-2
 
     def __init__(self, spec: DataSpec, init: float = -1.0, mode: str = "learned") -> None:
         super().__init__(spec, init=init, mode=mode)
@@ -99,6 +101,19 @@ class BlendingCommentary(AbstractCommentary):
         ce_i = F.cross_entropy(logits, y, reduction="none")
         ce_j = F.cross_entropy(logits, y_j, reduction="none")
         return (lam * ce_i + (1 - lam) * ce_j).mean()
+
+    def controls(self, x: torch.Tensor | None = None) -> dict[str, AbstractCommentary]:
+        """Random blending proportions, and the unlearned initial matrix.
+
+        **Returns:**
+
+        `{"random blending": mode="random", "fixed M = init (unlearned)": the initial M}`.
+        """
+        init = self.config["init"]
+        return {
+            "random blending": BlendingCommentary(self.spec, init=init, mode="random"),
+            f"fixed M = {init:g} (unlearned)": BlendingCommentary(self.spec, init=init),
+        }
 
     def describe(self) -> str:
         return "class-pair blending proportions (C x C matrix), mixup-like augmentation"

@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("name", help="plugin name (see `commentaries list`)")
     lp.add_argument("--dataset", default="digits", choices=DATASETS)
     lp.add_argument("--data-dir", default="data", help="folder with MNIST/CIFAR files")
+    lp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="commentary setting, e.g. --set normalize=true (value parsed as JSON)",
+    )
     lp.add_argument("--method", choices=METHODS, help="default: the plugin's own")
     lp.add_argument("--solver", choices=SOLVERS, default="neumann", help="IFT solver")
     lp.add_argument("--neumann-terms", type=int, default=1, help="Neumann terms K (default 1)")
@@ -95,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--student-steps", type=_positive_int, default=500, help="IFT: run length")
     lp.add_argument("--inner-steps", type=_positive_int, default=20, help="unroll: steps N")
     lp.add_argument("--steps", type=_positive_int, default=300, help="meta-steps")
-    lp.add_argument("--meta-lr", type=_positive_float, default=0.05)
+    lp.add_argument("--meta-lr", type=_positive_float, help="default: the plugin's own")
     lp.add_argument("--batch-size", type=_positive_int, default=64)
     lp.add_argument("--seed", type=int, default=0)
     lp.add_argument("--out", required=True, help="folder to save the commentary in")
@@ -121,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _progress(total: int, desc: str, quiet: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=quiet, leave=False, file=sys.stderr)
+    return tqdm(
+        total=total, desc=desc, disable=quiet, leave=False, file=sys.stderr, mininterval=1.0
+    )
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -133,6 +142,19 @@ def _cmd_list(args: argparse.Namespace) -> None:
         print(f"{failure.name:12s} BROKEN ({failure.distribution}): {failure.error}")
 
 
+def _settings(items: list[str]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    return config
+
+
 def _cmd_learn(args: argparse.Namespace) -> None:
     if args.name not in ig.plugins.available():
         raise CLIError(
@@ -142,7 +164,12 @@ def _cmd_learn(args: argparse.Namespace) -> None:
     if args.neumann_terms < 0:
         raise CLIError(f"--neumann-terms must be >= 0, got {args.neumann_terms}")
     data = load_dataset(args.dataset, args.data_dir)
-    commentary = ig.plugins.load(args.name)(data.spec)
+    cls = ig.plugins.load(args.name)
+    config = _settings(args.set)
+    try:
+        commentary = cls(data.spec, **config)
+    except TypeError as err:
+        raise CLIError(f"--set {config} does not fit {cls.__name__}: {err}") from err
     method_name = args.method or commentary.default_method
     if method_name == "unroll":
         method: Unroll | Implicit = Unroll(args.inner_steps, args.student_lr)
@@ -186,16 +213,6 @@ def _cmd_learn(args: argparse.Namespace) -> None:
         print(f"first solver failure: {history.first_error}")
 
 
-def _controls(commentary: Any) -> dict[str, Any]:
-    """Extra conditions for the comparison table: the commentary's own fixed controls."""
-    controls: dict[str, Any] = {}
-    if commentary.name == "blending":
-        cls = type(commentary)
-        controls["random blending"] = cls(commentary.spec, mode="random")
-        controls["fixed M = -1 (unlearned)"] = cls(commentary.spec)
-    return controls
-
-
 def _cmd_train(args: argparse.Namespace) -> None:
     commentary = load_commentary(args.commentary)
     dataset = args.dataset or commentary.spec.name
@@ -205,7 +222,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         "baseline (no commentary)": None,
         "learned commentary": commentary,
     }
-    conditions.update(_controls(commentary))
+    conditions.update(commentary.controls(data.val.x))
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     bar = _progress(len(conditions) * args.seeds, f"train {args.student}", args.quiet)
     results = compare(

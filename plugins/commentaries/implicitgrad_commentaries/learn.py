@@ -167,7 +167,7 @@ def learn(
     *,
     student: str = "mlp",
     steps: int = 200,
-    meta_lr: float = 1e-2,
+    meta_lr: float | None = None,
     batch_size: int = 64,
     seed: int = 0,
     callback: Callable[[int, float], None] | None = None,
@@ -185,7 +185,8 @@ def learn(
       `"ift"` for their defaults, or `None` for the commentary's `default_method`.
     - `student`: the student architecture used while learning (see
       [`make_student`][implicitgrad_commentaries.models.make_student]).
-    - `steps`: meta-steps (outer updates of $\\phi$, Adam with `meta_lr`).
+    - `steps`: meta-steps (outer updates of $\\phi$).
+    - `meta_lr`: the Adam step on $\\phi$ (default: the commentary's `default_meta_lr`).
     - `batch_size`: training (and validation) batch size.
     - `seed`: seeds the student initialization, the batches and the commentary's randomness.
     - `callback`: called as `callback(step, val_loss)` after every meta-step (progress bars).
@@ -230,6 +231,8 @@ def learn(
         raise InputError(f"`learn(steps=...)` must be an int >= 1, got {steps!r}.")
     gen = torch.Generator().manual_seed(seed)
     phi = commentary.phi()
+    if meta_lr is None:
+        meta_lr = commentary.default_meta_lr
     meta_opt = torch.optim.Adam(phi.values(), lr=meta_lr)
     history = LearnHistory("unroll" if isinstance(method, Unroll) else "ift")
     start = time.perf_counter()

@@ -33,6 +33,16 @@ class WeightingCommentary(AbstractCommentary):
     $t$ before the final linear layer. For vector inputs it is an MLP on
     $[x, \\mathrm{onehot}(y), t]$. Learned by backpropagation through training by default.
 
+    With `normalize=True` the weights are divided by their batch mean,
+    $L_T = \\sum_i w_i\\,\\mathrm{CE}_i / \\sum_i w_i$, so the teacher can only shift
+    emphasis between examples, not scale the student's effective learning rate.
+
+    !!! warning
+        Unnormalized weights (the paper's form) also act as a learned learning-rate scale:
+        on a short unrolled run the cheapest way to lower the validation loss is to push
+        every weight towards 1, which is no curriculum at all. Check the learned weights
+        (`commentaries show`) or use `normalize=True`.
+
     **Arguments:**
 
     - `spec`: the dataset's [`DataSpec`][implicitgrad_commentaries.DataSpec].
@@ -42,6 +52,7 @@ class WeightingCommentary(AbstractCommentary):
       variant without the iteration input).
     - `init_weight`: the weight every example starts near (default `0.5`), set through the
       bias of the last layer.
+    - `normalize`: divide the weights by their batch mean (default `False`, as in the paper).
 
     **Example:**
 
@@ -57,6 +68,7 @@ class WeightingCommentary(AbstractCommentary):
 
     name = "weighting"
     default_method = "unroll"
+    default_meta_lr = 1e-3
 
     def __init__(
         self,
@@ -65,6 +77,7 @@ class WeightingCommentary(AbstractCommentary):
         hidden: int = 32,
         use_iteration: bool = True,
         init_weight: float = 0.5,
+        normalize: bool = False,
     ) -> None:
         super().__init__(
             spec,
@@ -72,6 +85,7 @@ class WeightingCommentary(AbstractCommentary):
             hidden=hidden,
             use_iteration=use_iteration,
             init_weight=init_weight,
+            normalize=normalize,
         )
         if teacher == "auto":
             teacher = "conv" if len(spec.input_shape) == 3 else "mlp"
@@ -90,6 +104,7 @@ class WeightingCommentary(AbstractCommentary):
             )
         self.kind = teacher
         self.use_iteration = bool(use_iteration)
+        self.normalize = bool(normalize)
         extra = spec.num_classes + 1
         if teacher == "conv":
             channels = spec.input_shape[0] + 1
@@ -128,6 +143,8 @@ class WeightingCommentary(AbstractCommentary):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         weights = functional_call(self, phi, (x, y, progress))
+        if self.normalize:
+            weights = weights / weights.mean()
         return (weights * F.cross_entropy(student(x), y, reduction="none")).mean()
 
     def describe(self) -> str:
