@@ -140,3 +140,13 @@ def test_controls_are_usable_commentaries(commentary: AbstractCommentary) -> Non
         assert isinstance(label, str) and isinstance(control, AbstractCommentary)
         assert control.spec == commentary.spec
         assert torch.isfinite(_loss(control, student))
+
+
+def test_unconverged_solves_are_counted_and_reported_once() -> None:
+    data = make_tiny()
+    c = BlendingCommentary(data.spec)
+    method = Implicit(ig.CG(max_iter=1, tol=1e-12), student_lr=0.1, student_steps=5)
+    with pytest.warns(ig.ConvergenceWarning, match=r"in 3 of 3 meta-steps") as record:
+        history = learn(c, data, method, steps=3, batch_size=8)
+    assert history.not_converged == 3 and "CG" in history.first_warning
+    assert sum(issubclass(w.category, ig.ConvergenceWarning) for w in record) == 1

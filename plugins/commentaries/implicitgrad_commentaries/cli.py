@@ -39,12 +39,14 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def make_solver(name: str, *, terms: int, alpha: float, max_iter: int, damping: float) -> Any:
+def make_solver(
+    name: str, *, terms: int, alpha: float, max_iter: int, damping: float, tol: float = 1e-4
+) -> Any:
     """The implicitgrad solver object for a `--solver` choice."""
     if name == "neumann":
         return ig.Neumann(terms=terms, alpha=alpha)
     if name == "cg":
-        return ig.CG(max_iter=max_iter, tol=1e-6, damping=damping)
+        return ig.CG(max_iter=max_iter, tol=tol, damping=damping)
     if name == "identity":
         return ig.Identity(scale=alpha)
     return ig.Exact()
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--neumann-terms", type=int, default=1, help="Neumann terms K (default 1)")
     lp.add_argument("--cg-iters", type=_positive_int, default=20)
     lp.add_argument("--cg-damping", type=float, default=0.0)
+    lp.add_argument("--cg-tol", type=_positive_float, default=1e-4)
     lp.add_argument("--student", choices=STUDENTS, default="mlp", help="student while learning")
     lp.add_argument("--student-lr", type=_positive_float, default=0.1)
     lp.add_argument("--student-steps", type=_positive_int, default=500, help="IFT: run length")
@@ -180,6 +183,7 @@ def _cmd_learn(args: argparse.Namespace) -> None:
             alpha=args.student_lr,
             max_iter=args.cg_iters,
             damping=args.cg_damping,
+            tol=args.cg_tol,
         )
         method = Implicit(solver, args.student_lr, args.student_steps)
     bar = _progress(args.steps, f"learn {args.name} ({method_name})", args.quiet)
@@ -211,6 +215,8 @@ def _cmd_learn(args: argparse.Namespace) -> None:
     )
     if history.skipped:
         print(f"first solver failure: {history.first_error}")
+    if history.not_converged:
+        print(f"solver stopped before its tolerance in {history.not_converged} meta-steps")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

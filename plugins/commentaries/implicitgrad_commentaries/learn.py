@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,9 @@ class LearnHistory:
       (`nan` where the step was skipped).
     - `skipped`: meta-steps skipped because the linear solver failed (e.g. CG met negative
       curvature of a non-convex student), with the first error message in `first_error`.
+    - `not_converged`: meta-steps whose iterative solve stopped before its tolerance (a
+      `ConvergenceWarning`; one summary warning is issued at the end), with the first
+      message in `first_warning`.
     - `seconds`: wall-clock time.
     """
 
@@ -131,6 +135,8 @@ class LearnHistory:
     hypergrad_norm: list[float] = field(default_factory=list)
     skipped: int = 0
     first_error: str | None = None
+    not_converged: int = 0
+    first_warning: str | None = None
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -140,6 +146,8 @@ class LearnHistory:
             "hypergrad_norm": self.hypergrad_norm,
             "skipped": self.skipped,
             "first_error": self.first_error,
+            "not_converged": self.not_converged,
+            "first_warning": self.first_warning,
             "seconds": self.seconds,
         }
 
@@ -243,7 +251,10 @@ def learn(
         step_fn = _implicit_steps(commentary, data, method, student, batch_size, seed, gen)
     for step in range(steps):
         try:
-            val_loss, hg = step_fn(step)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ig.ConvergenceWarning)
+                val_loss, hg = step_fn(step)
+            _collect(caught, history)
         except SolverError as err:
             history.skipped += 1
             history.first_error = history.first_error or str(err)
@@ -256,7 +267,26 @@ def learn(
         if callback is not None:
             callback(step, val_loss)
     history.seconds = time.perf_counter() - start
+    if history.not_converged:
+        warnings.warn(
+            f"`learn`: the linear solve stopped before its tolerance in "
+            f"{history.not_converged} of {steps} meta-steps (first: {history.first_warning}). "
+            "The hypergradients are approximate; give the solver more iterations or damping.",
+            ig.ConvergenceWarning,
+            stacklevel=2,
+        )
     return history
+
+
+def _collect(caught: list[warnings.WarningMessage], history: LearnHistory) -> None:
+    """Count convergence warnings into the history (one summary at the end instead of one
+    per meta-step) and pass every other warning on."""
+    for w in caught:
+        if issubclass(w.category, ig.ConvergenceWarning):
+            history.not_converged += 1
+            history.first_warning = history.first_warning or str(w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def losses(
