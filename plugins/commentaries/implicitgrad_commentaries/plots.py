@@ -107,7 +107,8 @@ def plot_commentary(
     - weighting: the mean weight over training by class and by example difficulty
       (`weights.png`);
     - blending: a heatmap of the learned blending share $1 - \\lambda$ for every class
-      pair, with class names (`blending.png`).
+      pair, with class names (`blending.png`);
+    - masks: test images with their masks overlaid (`masks.png`).
 
     Other plugins get no plots (an empty list).
 
@@ -121,4 +122,9 @@ def plot_commentary(
         return _weighting(commentary, data, folder)
     if commentary.name == "blending":
         return _blending(commentary, folder)
+    if commentary.name == "masks":
+        from .masks import plot_masks
+
+        split = data.test
+        return [plot_masks(commentary, split.x, folder, getattr(split, "centre", None))]
     return []
