@@ -200,19 +200,28 @@ def compare(
     return out
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def _mean_std(values: Sequence[float], signed: bool = False) -> str:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:5.2f} ± {100 * std:4.2f}"
+    return f"{100 * mean:{'+' if signed else ''}.2f} ± {100 * std:.2f}"
 
 
 def format_table(results: Mapping[str, Sequence[TrainResult]]) -> str:
-    """A Markdown table of mean ± std test accuracy (%) per condition and training fraction."""
+    """A Markdown table of mean ± std test accuracy (%) per condition and training fraction.
+
+    The last column is the paired difference of final accuracy to the first condition (the
+    baseline), seed by seed: conditions share initialization and batches per seed, so the
+    paired difference is less noisy than comparing the two means.
+    """
     fractions = sorted(next(iter(results.values()))[0].accuracy)
+    reference = next(iter(results.values()))
     header = "| condition | " + " | ".join(f"acc @ {int(100 * f)}% of training" for f in fractions)
-    lines = [header + " |", "|---" * (len(fractions) + 1) + "|"]
+    header += " | final − first row (paired) |"
+    lines = [header, "|---" * (len(fractions) + 2) + "|"]
     for label, runs in results.items():
         cells = [_mean_std([r.accuracy[f] for r in runs]) for f in fractions]
+        paired = [r.final - b.final for r, b in zip(runs, reference)]
+        cells.append("" if runs is reference else _mean_std(paired, signed=True))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

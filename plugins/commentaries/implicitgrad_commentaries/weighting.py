@@ -147,6 +147,22 @@ class WeightingCommentary(AbstractCommentary):
             weights = weights / weights.mean()
         return (weights * F.cross_entropy(student(x), y, reduction="none")).mean()
 
+    def controls(self, x: torch.Tensor | None = None) -> dict[str, AbstractCommentary]:
+        """The unlearned teacher: the same settings, freshly initialized (every weight near
+        `init_weight`).
+
+        **Returns:**
+
+        `{"unlearned teacher": WeightingCommentary(...)}`.
+        """
+        gen_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(0)
+            fresh = WeightingCommentary(self.spec, **self.config)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        return {"unlearned teacher": fresh}
+
     def describe(self) -> str:
         return "per-example weights w(x, y, t) in (0, 1) from a teacher network"
 
