@@ -121,9 +121,11 @@ class MaskCommentary(AbstractCommentary):
     - `mode`: `"learned"` (default), `"centred"` or `"random"`.
     - `width`: channels of the teacher's first layer (default `8`).
     - `init_sigma`: the initial (or, for the controls, fixed) width in pixels (default
-      `3.0`; the conv teacher needs it in $(2, 12)$).
+      `5.0`; the conv teacher needs it in $(2, 12)$).
     - `init_background`: the initial (or fixed) background level in $(0, 1)$ (default
-      `0.1`).
+      `0.3`). A wide mask with some background lets the student learn something before the
+      mask has found anything; with a narrow, dark initial mask the student stays near
+      chance and the hypergradient carries little signal.
 
     **Example:**
 
@@ -138,6 +140,9 @@ class MaskCommentary(AbstractCommentary):
 
     name = "masks"
     default_method = "ift"
+    # Larger Adam steps saturate the teacher's tanh/sigmoid outputs while the student is
+    # still near chance and its hypergradient is mostly noise (masks stuck in a corner).
+    default_meta_lr = 1e-3
 
     def __init__(
         self,
@@ -145,8 +150,8 @@ class MaskCommentary(AbstractCommentary):
         teacher: str = "conv",
         mode: str = "learned",
         width: int = 8,
-        init_sigma: float = 3.0,
-        init_background: float = 0.1,
+        init_sigma: float = 5.0,
+        init_background: float = 0.3,
     ) -> None:
         super().__init__(
             spec,
