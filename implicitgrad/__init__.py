@@ -18,6 +18,12 @@ from ._hypergrad import fixed_point_hypergrad as fixed_point_hypergrad
 from ._hypergrad import hypergrad as hypergrad
 from ._implicit import implicit as implicit
 from ._module import make_functional as make_functional
+from ._optim import SGD as SGD
+from ._optim import AbstractOptimizer as AbstractOptimizer
+from ._optim import Adam as Adam
+from ._optim import AdamState as AdamState
+from ._optim import AdamW as AdamW
+from ._optim import SGDState as SGDState
 from ._solvers import CG as CG
 from ._solvers import AbstractSolver as AbstractSolver
 from ._solvers import Exact as Exact
@@ -26,6 +32,8 @@ from ._solvers import LinearOperator as LinearOperator
 from ._solvers import Neumann as Neumann
 from ._solvers import Nystrom as Nystrom
 from ._solvers import Solution as Solution
+from ._unroll import UnrollInfo as UnrollInfo
+from ._unroll import unroll as unroll
 
 try:
     __version__ = _version("implicitgrad")
@@ -50,6 +58,15 @@ __all__ = [
     "Nystrom",
     "Identity",
     "Exact",
+    # unrolled differentiation
+    "unroll",
+    "UnrollInfo",
+    "AbstractOptimizer",
+    "SGD",
+    "SGDState",
+    "Adam",
+    "AdamW",
+    "AdamState",
     # modules
     "make_functional",
     # errors
