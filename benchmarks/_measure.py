@@ -23,6 +23,7 @@ class Result:
     hvps: int
     error: float
     seconds: float
+    cpu_seconds: float
     peak_mb: float | None
 
 
@@ -63,7 +64,10 @@ def peak_memory_mb(contender: Contender, problem: Problem) -> float:
 def measure_all(
     contenders: list[Contender], problem: Problem, repeats: int, memory_for: set[int]
 ) -> list[Result]:
-    """Median wall time over `repeats` rounds and the error of every contender.
+    """Median wall and CPU time over `repeats` rounds and the error of every contender.
+
+    CPU time (of the calling thread; torch runs single-threaded here) does not count the
+    time the process waits for a core, so it is the steadier number on a shared machine.
 
     The rounds interleave the contenders (one call of each per round, after one warm-up
     call each), so that load from other processes on a shared machine spreads evenly over
@@ -79,11 +83,13 @@ def measure_all(
             continue
         ok.append((i, contender, hg, hvps))
     times: dict[int, list[float]] = {i: [] for i, *_ in ok}
+    cpu: dict[int, list[float]] = {i: [] for i, *_ in ok}
     for _ in range(repeats):
         for i, contender, _, _ in ok:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             contender.run(problem, problem.theta, problem.phi, None)
             times[i].append(time.perf_counter() - start)
+            cpu[i].append(time.thread_time() - start_cpu)
     return [
         Result(
             problem=problem.name,
@@ -93,6 +99,7 @@ def measure_all(
             hvps=hvps,
             error=relative_error(hg, problem.reference),
             seconds=statistics.median(times[i]),
+            cpu_seconds=statistics.median(cpu[i]),
             peak_mb=peak_memory_mb(contender, problem) if i in memory_for else None,
         )
         for i, contender, hg, hvps in ok

@@ -201,7 +201,7 @@ def reweighting(
     noise: float = 0.3,
     weight_decay: float = 1e-2,
     proximal: float = 1e-2,
-    inner_steps: int = 1000,
+    inner_steps: int = 600,
 ) -> Problem:
     x, y = _digits(seed=1)
     x_train, x_val = _standardize(x[:n_train], x[n_train : n_train + n_val])

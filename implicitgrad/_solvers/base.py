@@ -126,6 +126,8 @@ def check_finite(x: torch.Tensor, *, solver: str, what: str, iteration: int) -> 
 
 def resolve_solver(solver: AbstractSolver | str | None, *, call: str) -> AbstractSolver:
     """Turn the `solver=` argument of a public call into a solver object."""
+    if isinstance(solver, AbstractSolver):
+        return solver
     from .cg import CG
     from .exact import Exact
     from .identity import Identity
