@@ -122,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     repeats_for = {"reweighting": 3}
     grids = {
         "ridge": [5, 10, 20, 40, 80],
-        "logistic": [5, 10, 20, 40, 80, 160],
-        "reweighting": [10, 20, 40, 80],
+        "logistic": [5, 10, 20, 30, 40, 80, 160],
+        "reweighting": [10, 20, 40, 60, 80],
     }
     if args.quick:
-        grids = {k: v[1::2] for k, v in grids.items()}
+        grids = {k: v[1::2] for k, v in grids.items()}  # e.g. 10, 40 (and 80)
         repeats_for = {}
     results: dict[str, list[Result]] = {}
     problems: dict[str, Problem] = {}

@@ -96,8 +96,9 @@ class CG(AbstractSolver):
             iterations += 1
             php = torch.dot(p, hp)
             step = rs / php
-            x = x + step * p
-            r = r - step * hp
+            # In place (no new iterates per step), rounding exactly as `x + step * p`.
+            x.add_(step * p)
+            r.sub_(step * hp)
             rs_new = torch.dot(r, r)
             # A single host sync per iteration serves the breakdown and convergence checks;
             # on breakdown the update above is discarded by the raise.
@@ -119,7 +120,7 @@ class CG(AbstractSolver):
             residual = math.sqrt(rs_value) / b_norm
             if residual <= self.tol:
                 break
-            p = r + (rs_new / rs) * p
+            p.mul_(rs_new / rs).add_(r)
             rs = rs_new
         converged = residual <= self.tol
         if not converged:
