@@ -12,7 +12,10 @@ Columns:
 - saved tensors: bytes of the distinct storages autograd saved for the backward pass,
   counted with `torch.autograd.graph.saved_tensors_hooks` (without checkpointing only:
   checkpointed segments save through their own hooks and drop the tensors).
-- peak RSS: growth of the process's peak resident set size during the meta-step.
+- peak RSS: growth of the process's peak resident set size during the meta-step. It exceeds
+  the tensor bytes by the autograd graph's own objects (kept by checkpointing too, about 80
+  nodes a step here) and by glibc's heap fragmentation: with `MALLOC_MMAP_THRESHOLD_=16384`
+  the checkpointed N = 256 run peaks at about half the RSS.
 - CPU s: the process's CPU time for the meta-step, with one thread (a busy machine disturbs
   it less than wall time).
 

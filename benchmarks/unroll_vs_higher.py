@@ -7,7 +7,7 @@ on 597 held-out digits and backpropagates it to the teacher's parameters.
 
 Every method runs in a fresh process with one thread. Columns:
 
-- CPU s / meta-step: median over 3 meta-steps of the process's CPU time (after a warm-up),
+- CPU s / meta-step: the best of 5 meta-steps (after a warm-up) of the process's CPU time,
   which a busy machine disturbs less than wall time.
 - peak tensor MiB: the peak of live tensor storage during a meta-step (deterministic).
 - peak RSS MiB: growth of the process's peak resident set size during the meta-steps.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -164,7 +163,7 @@ def child(method: str, repeats: int) -> dict:
         theta = run(task)
     return dict(
         method=method,
-        seconds=statistics.median(seconds),
+        seconds=min(seconds),
         peak=memory.peak,
         rss=rss,
         grad=task.teacher_grad().tolist(),
@@ -174,7 +173,7 @@ def child(method: str, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "REPEATS"))
     args = parser.parse_args()
     if args.child:

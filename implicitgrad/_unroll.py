@@ -123,8 +123,8 @@ def unroll(
       $O(\\sqrt{N})$ step graphs plus $\\sqrt{N}$ copies of $(\\theta, s)$. The backward
       pass reruns every differentiated step once; since a step (a forward and a backward
       pass of `train_loss`) costs more than backpropagating through it, a meta-step takes
-      up to about twice as long (2.1 times for a small MLP trained with Adam, in
-      `benchmarks/unroll_vs_higher.py`). The gradients are the same as without
+      about twice as long (2 to 2.3 times for the small MLP trained with Adam in
+      `benchmarks/unroll_vs_higher.py`, on a CPU). The gradients are the same as without
       checkpointing. An int sets the segment length: longer segments keep fewer copies of
       $(\\theta, s)$ but recompute larger graphs at once.
 
@@ -218,7 +218,7 @@ def unroll(
     k = min(k, n) if torch.is_grad_enabled() else 0
     segment = _segment_length(checkpoint, k)
     for i, t in enumerate(theta):
-        if not bool(torch.isfinite(t.detach()).all()):
+        if not _all_finite([t]):
             raise InputError(
                 f"`{CALL}(inner_params=...)` holds NaN or Inf in leaf {leaf_path(theta_spec, i)}."
             )
@@ -244,6 +244,8 @@ def unroll(
             chunk = [_next(batch_iter, t, n) for t in range(start, stop)]
             theta, state = run.segment(theta, state, chunk, start, losses)
 
+    if not _all_finite(theta):
+        raise run.diverged(n - 1)
     if k and phi_targets and not _reaches(theta, phi_targets):
         warnings.warn(
             f"`{CALL}`: the trained inner parameters have no gradient path to outer_params, so "
@@ -302,6 +304,7 @@ class _Run:
                 unflatten(self.spec, leaves), self.phi if graph else self.phi_detached, batch, t
             )
             _check_loss(loss, t)
+            value = None if losses is None else self._loss_value(loss, leaves, t)
             grads = torch.autograd.grad(
                 loss, leaves, create_graph=graph, allow_unused=True, materialize_grads=True
             )
@@ -317,32 +320,36 @@ class _Run:
                 f"`{CALL}(optimizer=...)`: {type(self.optimizer).__name__}.step returned "
                 "parameters with a different tree structure than it received."
             )
-        if losses is not None:
-            losses.append(self._check_finite(loss, new_leaves, t))
+        if value is not None:
+            losses.append(value)
         return list(new_leaves), state
 
-    def _check_finite(self, loss: torch.Tensor, params: Sequence[torch.Tensor], t: int) -> float:
-        """The loss as a float, after checking that it and the new parameters are finite."""
+    def _loss_value(self, loss: torch.Tensor, theta: Sequence[torch.Tensor], t: int) -> float:
+        """The loss as a float, checked to be finite (one host sync per step)."""
         value = float(loss.detach())
-        if not math.isfinite(value):
-            where = f"at step {t} of {self.n}"
-            if t == 0:
-                raise InputError(
-                    f"`{CALL}`: train_loss returned {value} {where}, at the initial inner "
-                    "parameters. Check inner_params, outer_params and the first batch."
-                )
-            raise SolverError(
-                f"`{CALL}`: train_loss became {value} {where}: the unrolled training diverged. "
-                "Lower the learning rate, or clip or rescale the loss."
+        if math.isfinite(value):
+            return value
+        # Non-finite parameters give a non-finite loss at the next step, so checking them
+        # only here still names the step where they went wrong.
+        if t > 0 and not _all_finite(theta):
+            raise self.diverged(t - 1)
+        where = f"at step {t} of {self.n}"
+        if t == 0:
+            raise InputError(
+                f"`{CALL}`: train_loss returned {value} {where}, at the initial inner "
+                "parameters. Check inner_params, outer_params and the first batch."
             )
-        finite = torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()
-        if not bool(finite):
-            raise SolverError(
-                f"`{CALL}`: the inner parameters became NaN or Inf after step {t} of {self.n} "
-                f"(train_loss was {value:.6g} before it): the unrolled training diverged. "
-                "Lower the learning rate or add gradient clipping to train_loss."
-            )
-        return value
+        raise SolverError(
+            f"`{CALL}`: train_loss became {value} {where}: the unrolled training diverged. "
+            "Lower the learning rate, or clip or rescale the loss."
+        )
+
+    def diverged(self, t: int) -> SolverError:
+        return SolverError(
+            f"`{CALL}`: the inner parameters became NaN or Inf after step {t} of {self.n}: the "
+            "unrolled training diverged. Lower the learning rate or add gradient clipping to "
+            "train_loss."
+        )
 
     def segment(
         self,
@@ -473,6 +480,10 @@ def _module_state(
 
 def _map_tensors(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
     return pytree.tree_map(lambda x: fn(x) if isinstance(x, torch.Tensor) else x, tree)
+
+
+def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    return bool(torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all())
 
 
 def _reaches(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> bool:

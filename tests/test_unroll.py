@@ -564,6 +564,11 @@ def test_divergence_names_the_step():
         _unroll(train_loss=exploding)
     with pytest.raises(ig.SolverError, match=r"became NaN or Inf after step 0 of 9"):
         _unroll(optimizer=ig.SGD(lr=1e308), train_loss=lambda t, p, b, s: 1e10 * outer_loss(t))
+    with pytest.raises(ig.SolverError, match=r"became NaN or Inf after step 8 of 9"):  # the last
+        _unroll(
+            optimizer=ig.SGD(lr=1e10),
+            train_loss=lambda t, p, b, s: outer_loss(t) * (1e300 if s == 8 else 1e-20),
+        )
 
 
 def test_warns_when_outer_params_have_no_effect():

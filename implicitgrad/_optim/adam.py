@@ -9,7 +9,15 @@ import torch
 
 from .._errors import InputError
 from .._tree import Tree, flatten, unflatten
-from .base import AbstractOptimizer, Hyper, check_hyper, flatten_like, is_zero, sqrt_safe
+from .base import (
+    AbstractOptimizer,
+    Hyper,
+    add_scaled,
+    check_hyper,
+    flatten_like,
+    is_zero,
+    sqrt_safe,
+)
 
 __all__ = ["Adam", "AdamW", "AdamState"]
 
@@ -145,16 +153,22 @@ class Adam(AbstractOptimizer):
                 if self.decoupled_weight_decay:
                     p = p * (1 - self.lr * self.weight_decay)
                 else:
-                    g = g + self.weight_decay * p
+                    g = add_scaled(g, p, self.weight_decay)
             m = torch.lerp(exp_avgs[i], g, _like(1 - beta1, g))
-            v = beta2 * exp_avg_sqs[i] + (1 - beta2) * (g * g)
+            if isinstance(beta2, torch.Tensor):
+                v = beta2 * exp_avg_sqs[i] + (1 - beta2) * (g * g)
+            else:
+                v = torch.addcmul(beta2 * exp_avg_sqs[i], g, g, value=1 - beta2)
             new_m.append(m)
             new_v.append(v)
             if self.amsgrad:
                 v = torch.maximum(max_sqs[i], v)
                 new_max.append(v)
             denom = sqrt_safe(v) / bias_correction2_sqrt + self.eps
-            new_params.append(p - step_size * (m / denom))
+            if isinstance(step_size, torch.Tensor):
+                new_params.append(p - step_size * (m / denom))
+            else:
+                new_params.append(torch.addcdiv(p, m, denom, value=-step_size))
         state = AdamState(
             step,
             unflatten(spec, new_m),

@@ -14,7 +14,15 @@ import torch.utils._pytree as pytree
 from .._errors import InputError
 from .._tree import Tree, TreeDef, describe
 
-__all__ = ["AbstractOptimizer", "Hyper", "check_hyper", "flatten_like", "is_zero", "sqrt_safe"]
+__all__ = [
+    "AbstractOptimizer",
+    "Hyper",
+    "add_scaled",
+    "check_hyper",
+    "flatten_like",
+    "is_zero",
+    "sqrt_safe",
+]
 
 Hyper = float | torch.Tensor
 """A hyperparameter: a Python number, or a one-element tensor (which may require grad)."""
@@ -140,4 +148,11 @@ def sqrt_safe(x: torch.Tensor) -> torch.Tensor:
     subgradient.
     """
     positive = x > 0
-    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), 0.0)
+    return torch.where(positive, torch.where(positive, x, 1.0).sqrt(), 0.0)
+
+
+def add_scaled(x: torch.Tensor, y: torch.Tensor, alpha: Hyper) -> torch.Tensor:
+    """`x + alpha * y`, one fused operation (as in torch.optim) when `alpha` is a number."""
+    if isinstance(alpha, torch.Tensor):
+        return x + alpha * y
+    return torch.add(x, y, alpha=alpha)

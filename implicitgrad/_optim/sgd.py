@@ -9,7 +9,7 @@ import torch
 
 from .._errors import InputError
 from .._tree import Tree, flatten, unflatten
-from .base import AbstractOptimizer, Hyper, check_hyper, flatten_like, is_zero
+from .base import AbstractOptimizer, Hyper, add_scaled, check_hyper, flatten_like, is_zero
 
 __all__ = ["SGD", "SGDState"]
 
@@ -114,14 +114,14 @@ class SGD(AbstractOptimizer):
         new_params, new_buffers = [], []
         for i, (p, g) in enumerate(zip(leaves, grad_leaves)):
             if not is_zero(self.weight_decay):
-                g = g + self.weight_decay * p
+                g = add_scaled(g, p, self.weight_decay)
             if use_momentum:
                 if state.step == 0:
                     buf = g
                 else:
-                    buf = self.momentum * buffers[i] + (1 - self.dampening) * g
+                    buf = add_scaled(self.momentum * buffers[i], g, 1 - self.dampening)
                 new_buffers.append(buf)
-                g = g + self.momentum * buf if self.nesterov else buf
-            new_params.append(p - self.lr * g)
+                g = add_scaled(g, buf, self.momentum) if self.nesterov else buf
+            new_params.append(add_scaled(p, g, -self.lr))
         momentum_buffer = unflatten(spec, new_buffers) if use_momentum else None
         return unflatten(spec, new_params), SGDState(state.step + 1, momentum_buffer)
