@@ -223,7 +223,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     commentary = load_commentary(args.commentary)
     dataset = args.dataset or commentary.spec.name
     data = load_dataset(dataset, args.data_dir)
-    check_compatible(commentary, data.spec, where="commentaries train")
+    check_compatible(commentary, data.spec, where=f"--commentary {args.commentary}")
     conditions: dict[str, Any] = {
         "baseline (no commentary)": None,
         "learned commentary": commentary,
