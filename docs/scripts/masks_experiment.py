@@ -47,6 +47,13 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=1500)
     parser.add_argument("--out", default="runs/masks")
     parser.add_argument(
+        "--solver",
+        choices=("neumann", "cg", "identity"),
+        default="neumann",
+        help="H^-1 v: one Neumann term (the paper), CG (10 iterations), identity",
+    )
+    parser.add_argument("--cg-damping", type=float, default=0.1)
+    parser.add_argument(
         "--val-correlation",
         type=float,
         help="spurious task only: the bar's correlation in the validation split",
@@ -59,9 +66,12 @@ def main() -> None:
         data = load_mask_dataset(args.task)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    method = Implicit(
-        ig.Neumann(terms=1, alpha=0.1), student_lr=0.1, student_steps=args.student_steps
-    )
+    solver = {
+        "neumann": ig.Neumann(terms=1, alpha=0.1),
+        "cg": ig.CG(max_iter=10, tol=1e-4, damping=args.cg_damping),
+        "identity": ig.Identity(scale=0.1),
+    }[args.solver]
+    method = Implicit(solver, student_lr=0.1, student_steps=args.student_steps)
     config = TrainConfig(steps=args.train_steps)
     dist: dict[str, list[float]] = {}
     acc: dict[str, list[float]] = {}
@@ -102,7 +112,7 @@ def main() -> None:
             + ", ".join(f"{k} {v[-1]:.3f}" for k, v in acc.items()),
             flush=True,
         )
-    print(f"\n{args.task}, teacher {args.teacher}, {args.seeds} seeds")
+    print(f"\n{args.task}, teacher {args.teacher}, solver {args.solver}, {args.seeds} seeds")
     print("\n| mask | distance to target centre (px) |\n|---|---|")
     for label, values in dist.items():
         print(f"| {label} | {mean_std(values)} |")

@@ -75,6 +75,9 @@ def test_spurious_bar_predicts_the_label_except_at_test(spurious: Dataset) -> No
     assert agreement(spurious.test) == pytest.approx(0.10, abs=0.05)
     rows = (spurious.test.centre[:, 0] + 4.5).max()
     assert rows <= spurious.spec.input_shape[1] - 4, "the digit stays clear of the bar"
+    clean = load_spurious(val_correlation=0.0)
+    assert torch.equal(clean.train.x, spurious.train.x)
+    assert agreement(clean.val) == pytest.approx(0.10, abs=0.05)
 
 
 def test_mask_datasets_are_registered() -> None:
