@@ -13,7 +13,7 @@ python -m implicitgrad_commentaries.demo [--out DIR] [--seeds 3] [--quiet]
 3. Prints the mean ± std test accuracy at fractions of training and writes the metrics as
    JSON and the heatmap of $M$ as PNG into `DIR`.
 
-It takes about two minutes on two CPU cores.
+It takes under a minute on one CPU core (about two when the cores are shared).
 """
 
 from __future__ import annotations
