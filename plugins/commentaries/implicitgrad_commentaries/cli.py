@@ -138,9 +138,10 @@ def _progress(total: int, desc: str, quiet: bool) -> Any:
 
 def _cmd_list(args: argparse.Namespace) -> None:
     for name in ig.plugins.available():
-        cls = ig.plugins.load(name)
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:12s} {doc[0] if doc else cls.__name__}  [learned by: {cls.default_method}]")
+        obj = ig.plugins.load(name)
+        doc = (obj.__doc__ or "").strip().splitlines()
+        method = getattr(obj, "default_method", "?")
+        print(f"{name:12s} {doc[0] if doc else name}  [learned by: {method}]")
     for failure in ig.plugins.errors():
         print(f"{failure.name:12s} BROKEN ({failure.distribution}): {failure.error}")
 

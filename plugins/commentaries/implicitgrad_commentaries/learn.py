@@ -66,6 +66,7 @@ class Unroll:
             )
 
     def make_optimizer(self) -> Any:
+        """The differentiable student optimizer (`ig.SGD` or `ig.Adam`) for `ig.unroll`."""
         if self.optimizer == "adam":
             return ig.Adam(lr=self.student_lr)
         return ig.SGD(lr=self.student_lr, momentum=0.9)
@@ -109,6 +110,7 @@ class Implicit:
             )
 
     def resolved_solver(self) -> ig.AbstractSolver | str:
+        """`solver`, with `None` replaced by the paper's one-term Neumann series."""
         return ig.Neumann(terms=1, alpha=self.student_lr) if self.solver is None else self.solver
 
 
