@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,25 @@ try:  # the distribution is normally installed (pip install -e plugins/commentar
 except ImportError:  # pragma: no cover - source tree without installation
     sys.path.insert(0, str(PLUGIN_SRC))
 
-from commentary_helpers import make_tiny  # noqa: E402
+
+from commentary_helpers import declared_entry_points, make_tiny, write_dist_info  # noqa: E402
 from implicitgrad_commentaries.data import Dataset  # noqa: E402
+
+
+def _register_when_not_installed() -> None:
+    """Run from a source tree without `pip install -e plugins/commentaries`: register the
+    entry points for this test session the way pip would, in a temporary folder."""
+    from importlib.metadata import entry_points
+
+    if any(ep.name == "weighting" for ep in entry_points(group="implicitgrad.commentaries")):
+        return
+    where = Path(tempfile.mkdtemp(prefix="commentary-entry-points-"))
+    write_dist_info(where, "implicitgrad-commentaries", "0+source", declared_entry_points())
+    sys.path.append(str(where))
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
+
+
+_register_when_not_installed()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import sysconfig
@@ -19,6 +18,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from commentary_helpers import declared_entry_points, write_dist_info
 
 import implicitgrad as ig
 
@@ -66,22 +66,6 @@ def _shadow_site(tmp: Path) -> Path:
     return shadow
 
 
-def _dist_info(where: Path, name: str, version: str, entry_points: dict[str, str]) -> None:
-    info = where / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = ["[implicitgrad.commentaries]"] + [f"{k} = {v}" for k, v in entry_points.items()]
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
-
-
-def _declared_entry_points() -> dict[str, str]:
-    """The entry points pyproject.toml declares (a small parser: tomllib needs 3.11)."""
-    text = (PLUGIN_SRC / "pyproject.toml").read_text()
-    section = text.split('[project.entry-points."implicitgrad.commentaries"]', 1)[1]
-    section = section.split("\n[", 1)[0]
-    return dict(re.findall(r'^(\w+)\s*=\s*"([^"]+)"', section, flags=re.MULTILINE))
-
-
 def _probe(paths: list[Path]) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
@@ -112,9 +96,9 @@ def test_not_installed_lists_nothing(shadow: Path) -> None:
 
 
 def test_installed_lists_the_declared_plugins(shadow: Path, tmp_path: Path) -> None:
-    declared = _declared_entry_points()
+    declared = declared_entry_points()
     assert {"weighting", "blending"} <= set(declared)
-    _dist_info(tmp_path, "implicitgrad-commentaries", "0.1.0", declared)
+    write_dist_info(tmp_path, "implicitgrad-commentaries", "0.1.0", declared)
     result = _probe([shadow, ROOT, PLUGIN_SRC, tmp_path])
     assert set(declared) <= set(result["available"])
     assert result["load_weighting"] == {"ok": "WeightingCommentary"}
@@ -122,8 +106,8 @@ def test_installed_lists_the_declared_plugins(shadow: Path, tmp_path: Path) -> N
 
 
 def test_broken_plugin_is_reported_and_does_not_hide_others(shadow: Path, tmp_path: Path) -> None:
-    _dist_info(tmp_path, "implicitgrad-commentaries", "0.1.0", _declared_entry_points())
-    _dist_info(tmp_path, "broken-plugin", "0.0.1", {"broken": "broken_commentary_mod:Thing"})
+    write_dist_info(tmp_path, "implicitgrad-commentaries", "0.1.0", declared_entry_points())
+    write_dist_info(tmp_path, "broken-plugin", "0.0.1", {"broken": "broken_commentary_mod:Thing"})
     (tmp_path / "broken_commentary_mod.py").write_text(
         "raise RuntimeError('this plugin is deliberately broken')\n"
     )
