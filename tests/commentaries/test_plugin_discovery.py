@@ -13,11 +13,11 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from commentary_helpers import declared_entry_points, write_dist_info
 
 import implicitgrad as ig
@@ -56,7 +56,7 @@ PROBE = textwrap.dedent(
 
 def _shadow_site(tmp: Path) -> Path:
     """site-packages as symlinks, without any implicitgrad distribution."""
-    site = Path(sysconfig.get_paths()["purelib"])
+    site = Path(torch.__file__).resolve().parents[1]  # wherever the dependencies live
     shadow = tmp / "site"
     shadow.mkdir()
     for entry in site.iterdir():
