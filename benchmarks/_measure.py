@@ -107,10 +107,11 @@ def measure_all(
 
 
 def time_to_accuracy(results: list[Result], target: float) -> dict[str, Result | None]:
-    """Per family, the fastest setting whose error is at most `target`."""
+    """Per family, the setting with the least CPU time whose error is at most `target`."""
     best: dict[str, Result | None] = {}
     for r in results:
         best.setdefault(r.family, None)
-        if r.error <= target and (best[r.family] is None or r.seconds < best[r.family].seconds):
+        current = best[r.family]
+        if r.error <= target and (current is None or r.cpu_seconds < current.cpu_seconds):
             best[r.family] = r
     return best
