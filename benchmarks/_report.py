@@ -96,6 +96,7 @@ def render(
     outer: list[OuterResult] | None,
     info: dict[str, str],
     target: float,
+    outer_steps: int = 50,
 ) -> str:
     lines = [
         f"Measured {info['date']} ({info['mode']} run, {info['total']} end to end) on "
@@ -131,7 +132,7 @@ def render(
         ]
     if outer:
         lines += [
-            "### 50-step outer optimization (MLP data reweighting)",
+            f"### {outer_steps}-step outer optimization (MLP data reweighting)",
             "",
             *_outer_table(outer),
             "",

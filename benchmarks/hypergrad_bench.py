@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python benchmarks/hypergrad_bench.py            # full run, rewrites docs/benchmarks.md
-    python benchmarks/hypergrad_bench.py --quick    # smaller grids, fewer repeats
+    python benchmarks/hypergrad_bench.py --quick    # smaller grids, 10 outer steps, print only
 
 Problems: (1) ridge regression with one L2 weight per feature (closed form), (2) multinomial
 logistic regression on digits with one L2 weight per feature (dense solve), (3) data
@@ -106,10 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", nargs="*", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--no-outer", action="store_true", help="skip the outer-loop run")
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory profiling")
-    parser.add_argument("--outer-steps", type=int, default=50)
+    parser.add_argument("--outer-steps", type=int, default=None, help="50 (10 with --quick)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown to update"
+        "--out",
+        type=Path,
+        default=None,
+        help="Markdown to update (default docs/benchmarks.md; a --quick run writes only here)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
@@ -144,13 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     outer = None
     if "reweighting" in problems and not args.no_outer:
-        outer = _outer.run(problems["reweighting"], args.outer_steps)
+        outer = _outer.run(problems["reweighting"], args.outer_steps or (10 if args.quick else 50))
     info = machine()
     info["total"] = f"{time.perf_counter() - start:.0f} s"
     info["mode"] = "quick" if args.quick else "full"
-    markdown = _report.render(problems, results, outer, info, TARGET)
+    steps = args.outer_steps or (10 if args.quick else 50)
+    markdown = _report.render(problems, results, outer, info, TARGET, steps)
     print(markdown)
-    if not args.no_write:
+    if args.out is None and not args.quick:
+        args.out = ROOT / "docs" / "benchmarks.md"
+    if args.out is not None and not args.no_write:
         _report.write(args.out, markdown)
         _report.plots(problems, results, ROOT / "docs" / "img", TARGET)
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
