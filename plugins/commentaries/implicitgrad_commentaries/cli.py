@@ -170,6 +170,8 @@ def _cmd_learn(args: argparse.Namespace) -> None:
     data = load_dataset(args.dataset, args.data_dir)
     cls = ig.plugins.load(args.name)
     config = _settings(args.set)
+    # Seed before building the commentary, so that its initialization is reproducible too.
+    torch.manual_seed(args.seed)
     try:
         commentary = cls(data.spec, **config)
     except TypeError as err:
@@ -193,7 +195,6 @@ def _cmd_learn(args: argparse.Namespace) -> None:
         bar.update(1)
         bar.set_postfix(val_loss=f"{val_loss:.3f}")
 
-    torch.manual_seed(args.seed)
     history = learn(
         commentary,
         data,
