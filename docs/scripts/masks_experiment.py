@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--task", choices=("cluttered", "spurious"), default="cluttered")
     parser.add_argument("--teacher", choices=("conv", "unet"), default="conv")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--meta-steps", type=int, default=900)
     parser.add_argument("--student-steps", type=int, default=300)
     parser.add_argument("--train-steps", type=int, default=1500)
@@ -76,7 +77,7 @@ def main() -> None:
     dist: dict[str, list[float]] = {}
     acc: dict[str, list[float]] = {}
     learned_shape: list[dict[str, float]] = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         torch.manual_seed(seed)
         c = MaskCommentary(data.spec, teacher=args.teacher, init_sigma=5.0, init_background=0.3)
         start = time.perf_counter()
@@ -101,7 +102,7 @@ def main() -> None:
         for label, commentary in {"no mask": None, **conditions}.items():
             result = train_student(data, "mlp", commentary, config=config, seed=seed)
             acc.setdefault(label, []).append(result.final)
-        if seed == 0:
+        if seed == args.first_seed:
             plot_masks(c, data.test.x, out, data.test.centre)
             save_commentary(c, out / "commentary", {"history": history.to_json()})
         print(
