@@ -131,8 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _progress(total: int, desc: str, quiet: bool) -> Any:
     from tqdm.auto import tqdm
 
+    # disable=None turns the bar off when stderr is not a terminal, so logs stay readable.
     return tqdm(
-        total=total, desc=desc, disable=quiet, leave=False, file=sys.stderr, mininterval=1.0
+        total=total,
+        desc=desc,
+        disable=True if quiet else None,
+        leave=False,
+        file=sys.stderr,
+        mininterval=1.0,
     )
 
 
