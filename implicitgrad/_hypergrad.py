@@ -12,7 +12,7 @@ import torch
 from ._errors import InputError, StationarityWarning
 from ._problem import Condition, call_scalar, fixed_point_condition, grad_or_zeros, root_condition
 from ._solvers.base import AbstractSolver, resolve_solver
-from ._tree import Tree, TreeDef, flatten, leaf_path, ravel, unflatten
+from ._tree import Tree, TreeDef, check_uniform, flatten, leaf_path, ravel, unflatten
 
 __all__ = ["HypergradInfo", "hypergrad", "fixed_point_hypergrad"]
 
@@ -51,15 +51,7 @@ def _prepare(
 ) -> tuple[list[torch.Tensor], TreeDef, list[torch.Tensor], TreeDef]:
     theta_leaves, theta_spec = flatten(inner_params, call=call, name="inner_params")
     phi_leaves, phi_spec = flatten(outer_params, call=call, name="outer_params")
-    first = theta_leaves[0]
-    for i, t in enumerate(theta_leaves):
-        if t.dtype != first.dtype or t.device != first.device:
-            raise InputError(
-                f"`{call}(inner_params=...)` mixes dtypes/devices: leaf "
-                f"{leaf_path(theta_spec, i)} is {t.dtype} on {t.device} but the first leaf is "
-                f"{first.dtype} on {first.device}. Move all inner parameters to one dtype and "
-                "device."
-            )
+    check_uniform(theta_leaves, theta_spec, call=call, name="inner_params")
     theta = [t.detach().requires_grad_(True) for t in theta_leaves]
     phi = [p.detach().requires_grad_(True) for p in phi_leaves]
     return theta, theta_spec, phi, phi_spec

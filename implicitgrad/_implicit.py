@@ -14,7 +14,7 @@ from ._errors import StationarityWarning
 from ._hypergrad import implicit_vjp
 from ._problem import root_condition
 from ._solvers.base import AbstractSolver, resolve_solver
-from ._tree import Tree, TreeDef, flatten, leaf_path, ravel, unflatten
+from ._tree import Tree, TreeDef, check_uniform, flatten, ravel, unflatten
 
 __all__ = ["implicit"]
 
@@ -120,15 +120,7 @@ def implicit(
     solver = resolve_solver(solver, call=call)
     theta_leaves, theta_spec = flatten(inner_params, call=call, name="inner_params")
     phi_leaves, phi_spec = flatten(outer_params, call=call, name="outer_params", require_grad=True)
-    first = theta_leaves[0]
-    for i, t in enumerate(theta_leaves):
-        if t.dtype != first.dtype or t.device != first.device:
-            from ._errors import InputError
-
-            raise InputError(
-                f"`implicit(inner_params=...)` mixes dtypes/devices at leaf "
-                f"{leaf_path(theta_spec, i)}; move all inner parameters to one dtype and device."
-            )
+    check_uniform(theta_leaves, theta_spec, call=call, name="inner_params")
     spec = _Spec(
         inner_loss=inner_loss,
         theta=tuple(t.detach() for t in theta_leaves),

@@ -14,7 +14,16 @@ import torch.utils._pytree as pytree
 
 from ._errors import InputError
 
-__all__ = ["Tree", "TreeDef", "flatten", "unflatten", "describe", "ravel", "unravel"]
+__all__ = [
+    "Tree",
+    "TreeDef",
+    "check_uniform",
+    "flatten",
+    "unflatten",
+    "describe",
+    "ravel",
+    "unravel",
+]
 
 Tree = Any
 TreeDef = pytree.TreeSpec
@@ -94,6 +103,19 @@ def _leaf_path(spec: TreeDef, index: int) -> str:
 def leaf_path(spec: TreeDef, index: int) -> str:
     """Public-in-package alias used by the entry points' error messages."""
     return _leaf_path(spec, index)
+
+
+def check_uniform(leaves: Sequence[torch.Tensor], spec: TreeDef, *, call: str, name: str) -> None:
+    """Raise `InputError` unless all leaves share one dtype and device (they are solved for
+    as one flat vector)."""
+    first = leaves[0]
+    for i, t in enumerate(leaves):
+        if t.dtype != first.dtype or t.device != first.device:
+            raise InputError(
+                f"`{call}({name}=...)` mixes dtypes/devices: leaf {_leaf_path(spec, i)} is "
+                f"{t.dtype} on {t.device} but the first leaf is {first.dtype} on "
+                f"{first.device}. Move all of {name} to one dtype and device."
+            )
 
 
 def ravel(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
