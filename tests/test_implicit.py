@@ -57,7 +57,7 @@ def test_hyperparameter_optimization_with_torch_optim_lowers_validation_loss():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.9 * losses[0], losses
 
 
