@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 __all__ = [
     "ImplicitGradError",
     "InputError",
@@ -47,3 +51,20 @@ class StationarityWarning(UserWarning):
     Implicit differentiation assumes $\\nabla_\\theta f(\\theta, \\phi) = 0$ (or
     $\\theta = T(\\theta, \\phi)$); when it does not hold the hypergradient is biased.
     """
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """Warn with the location of the first caller outside implicitgrad.
+
+    Solvers are called several frames below the public entry point; a fixed `stacklevel`
+    would point into the library instead of at the user's call.
+    """
+    frame = sys._getframe(0)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

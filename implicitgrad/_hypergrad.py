@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import torch
 
-from ._errors import InputError, StationarityWarning
+from ._errors import InputError, StationarityWarning, warn
 from ._problem import Condition, call_scalar, fixed_point_condition, grad_or_zeros, root_condition
 from ._solvers.base import AbstractSolver, resolve_solver
 from ._tree import Tree, TreeDef, check_uniform, flatten, leaf_path, ravel, unflatten
@@ -60,14 +59,13 @@ def _prepare(
 def _check_stationarity(call: str, cond: Condition, tol: float | None) -> None:
     if tol is not None and cond.stationarity > tol:
         what = "|T(θ, φ) - θ|" if cond.fixed_point else "|∇θ inner_loss|"
-        warnings.warn(
+        warn(
             f"`{call}`: the inner parameters are not stationary: {what} = "
             f"{cond.stationarity:.3e} > stationarity_tol={tol:.1e}. The implicit function "
             "theorem assumes a solved inner problem, so the hypergradient is biased. Solve "
             "the inner problem further, or pass stationarity_tol=None if this is intended "
             "(e.g. one-step approximations).",
             StationarityWarning,
-            stacklevel=3,
         )
 
 

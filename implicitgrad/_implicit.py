@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._errors import StationarityWarning
+from ._errors import StationarityWarning, warn
 from ._hypergrad import implicit_vjp
 from ._problem import root_condition
 from ._solvers.base import AbstractSolver, resolve_solver
@@ -49,13 +48,12 @@ class _Implicit(torch.autograd.Function):
                 spec.inner_loss, theta, phi, spec.theta_spec, spec.phi_spec, call=call
             )
             if spec.stationarity_tol is not None and cond.stationarity > spec.stationarity_tol:
-                warnings.warn(
+                warn(
                     f"`implicit`: |∇θ inner_loss| = {cond.stationarity:.3e} > "
                     f"stationarity_tol={spec.stationarity_tol:.1e} at the given inner_params; "
                     "the implicit gradient is biased. Solve the inner problem further, or pass "
                     "stationarity_tol=None.",
                     StationarityWarning,
-                    stacklevel=2,
                 )
             grads, used, _ = implicit_vjp(cond, v, spec.solver)
         if not any(used):

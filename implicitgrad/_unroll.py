@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -14,7 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from ._errors import InputError, SolverError
+from ._errors import InputError, SolverError, warn
 from ._optim.base import AbstractOptimizer
 from ._recompute import Checkpoint
 from ._tree import Tree, TreeDef, flatten, leaf_path, unflatten
@@ -247,13 +246,12 @@ def unroll(
     if not _all_finite(theta):
         raise run.diverged(n - 1)
     if k and phi_targets and not _reaches(theta, phi_targets):
-        warnings.warn(
+        warn(
             f"`{CALL}`: the trained inner parameters have no gradient path to outer_params, so "
             "the hypergradient with respect to outer_params is exactly zero. The gradient of "
             "train_loss with respect to inner_params must depend on outer_params (a term "
             "that is constant in inner_params, or a detached outer_params, has no effect).",
             UserWarning,
-            stacklevel=2,
         )
     result = unflatten(theta_spec, theta)
     if not return_info:

@@ -27,12 +27,11 @@ for failure in ig.plugins.errors():     # plugins that are registered but fail t
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from ._errors import ImplicitGradError, InputError
+from ._errors import ImplicitGradError, InputError, warn
 
 __all__ = ["GROUP", "PluginLoadError", "PluginFailure", "available", "load", "errors"]
 
@@ -90,11 +89,10 @@ def _scan() -> tuple[dict[str, Any], list[PluginFailure]]:
 
 def _warn(failures: list[PluginFailure]) -> None:
     for f in failures:
-        warnings.warn(
+        warn(
             f"implicitgrad plugin {f.name!r} (from {f.distribution}, {f.target}) failed to "
             f"import and is skipped: {type(f.error).__name__}: {f.error}",
             RuntimeWarning,
-            stacklevel=3,
         )
 
 

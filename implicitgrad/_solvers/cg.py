@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 
-from .._errors import ConvergenceWarning, InputError, SolverError
+from .._errors import ConvergenceWarning, InputError, SolverError, warn
 from .base import AbstractSolver, LinearOperator, Solution, check_finite
 
 __all__ = ["CG"]
@@ -124,11 +123,10 @@ class CG(AbstractSolver):
             rs = rs_new
         converged = residual <= self.tol
         if not converged:
-            warnings.warn(
+            warn(
                 f"CG did not converge: relative residual {residual:.3e} > tol {self.tol:.1e} "
                 f"after max_iter={self.max_iter} Hessian-vector products. The hypergradient is "
                 "approximate; raise max_iter, loosen tol, or add damping.",
                 ConvergenceWarning,
-                stacklevel=4,
             )
         return Solution(x, iterations, residual, converged)

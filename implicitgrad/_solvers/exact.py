@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 
-from .._errors import ConvergenceWarning, InputError, SolverError
+from .._errors import ConvergenceWarning, InputError, SolverError, warn
 from .base import AbstractSolver, LinearOperator, Solution, check_finite
 
 __all__ = ["Exact"]
@@ -50,9 +49,7 @@ class Exact(AbstractSolver):
                 f"`Exact(max_size=...)` must be a positive int, got {self.max_size!r}."
             )
         if not self.warn_residual > 0:
-            raise InputError(
-                f"`Exact(warn_residual=...)` must be > 0, got {self.warn_residual!r}."
-            )
+            raise InputError(f"`Exact(warn_residual=...)` must be > 0, got {self.warn_residual!r}.")
 
     def solve(
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None
@@ -79,10 +76,9 @@ class Exact(AbstractSolver):
         check_finite(x, solver="Exact", what="the solution", iteration=0)
         residual = float(torch.linalg.vector_norm(matrix @ x - b)) / b_norm
         if residual > self.warn_residual:
-            warnings.warn(
+            warn(
                 f"Exact: relative residual {residual:.3e} after the dense solve; the system is "
                 "ill-conditioned and the hypergradient may be inaccurate.",
                 ConvergenceWarning,
-                stacklevel=4,
             )
         return Solution(x, operator.size, residual, residual <= self.warn_residual)
