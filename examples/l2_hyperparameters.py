@@ -52,8 +52,13 @@ def main() -> None:
 
     def solve_inner(phi):
         params = [theta["W"].clone().requires_grad_(), theta["b"].clone().requires_grad_()]
-        opt = torch.optim.LBFGS(params, max_iter=200, tolerance_grad=1e-9,
-                                tolerance_change=0.0, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            params,
+            max_iter=200,
+            tolerance_grad=1e-9,
+            tolerance_change=0.0,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure():
             opt.zero_grad()
@@ -72,8 +77,10 @@ def main() -> None:
     outer_opt = torch.optim.Adam([phi], lr=0.2)
     start = time.perf_counter()
     theta = solve_inner(phi.detach())
-    print(f"before: validation loss {float(loss_on(theta, va)):.4f}, "
-          f"test accuracy {accuracy(theta, te):.4f}")
+    print(
+        f"before: validation loss {float(loss_on(theta, va)):.4f}, "
+        f"test accuracy {accuracy(theta, te):.4f}"
+    )
     for step in range(args.steps):
         theta = solve_inner(phi.detach())
         theta_star = ig.implicit(inner_loss, theta, phi, ig.CG(max_iter=500, tol=1e-6))
@@ -84,10 +91,12 @@ def main() -> None:
         if step % 10 == 0 or step == args.steps - 1:
             print(f"step {step:3d}: validation loss {float(val.detach()):.4f}")
     theta = solve_inner(phi.detach())
-    print(f"after:  validation loss {float(loss_on(theta, va)):.4f}, "
-          f"test accuracy {accuracy(theta, te):.4f} "
-          f"({time.perf_counter() - start:.1f} s, L2 weights from "
-          f"{float(phi.detach().exp().min()):.3g} to {float(phi.detach().exp().max()):.3g})")
+    print(
+        f"after:  validation loss {float(loss_on(theta, va)):.4f}, "
+        f"test accuracy {accuracy(theta, te):.4f} "
+        f"({time.perf_counter() - start:.1f} s, L2 weights from "
+        f"{float(phi.detach().exp().min()):.3g} to {float(phi.detach().exp().max()):.3g})"
+    )
 
 
 if __name__ == "__main__":

@@ -452,7 +452,11 @@ def test_example_check_reports_a_broken_docstring_example(
 @pytest.mark.slow
 def test_site_builds_strictly_with_math_and_highlighting(tmp_path: Path) -> None:
     for needed in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
-        pytest.importorskip(needed, reason='the site build needs `pip install -e ".[docs]"`')
+        if os.environ.get("IMPLICITGRAD_REQUIRE_DOCS"):
+            # CI sets this: there a missing docs stack is a failure, not a skip.
+            importlib.import_module(needed)
+        else:
+            pytest.importorskip(needed, reason='the site build needs `pip install -e ".[docs]"`')
     site = tmp_path / "site"
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
