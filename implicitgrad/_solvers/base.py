@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -10,7 +11,7 @@ import torch
 
 from .._errors import InputError, SolverError
 
-__all__ = ["AbstractSolver", "LinearOperator", "Solution", "resolve_solver"]
+__all__ = ["AbstractSolver", "LinearOperator", "Solution", "resolve_solver", "rhs_norm"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,22 @@ def check_finite(x: torch.Tensor, *, solver: str, what: str, iteration: int) -> 
             "Hessian or the outer gradient contains NaN/Inf, or the system is badly scaled. "
             "Check the losses at the given parameters, or add damping."
         )
+
+
+def rhs_norm(b: torch.Tensor, *, solver: str) -> float:
+    """$\\lVert b\\rVert$ with one host sync, raising `SolverError` if `b` holds NaN/Inf.
+
+    A norm is finite exactly when every entry is (short of overflow), so the finiteness
+    check costs no second synchronization.
+    """
+    norm = float(torch.linalg.vector_norm(b))
+    if not math.isfinite(norm):
+        check_finite(b, solver=solver, what="the right-hand side", iteration=0)
+        raise SolverError(
+            f"{solver}: the norm of the right-hand side overflows ({norm}); rescale the outer "
+            "loss or use float64."
+        )
+    return norm
 
 
 def resolve_solver(solver: AbstractSolver | str | None, *, call: str) -> AbstractSolver:

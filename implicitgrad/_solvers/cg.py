@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .._errors import ConvergenceWarning, InputError, SolverError, warn
-from .base import AbstractSolver, LinearOperator, Solution, check_finite
+from .base import AbstractSolver, LinearOperator, Solution, check_finite, rhs_norm
 
 __all__ = ["CG"]
 
@@ -75,10 +75,9 @@ class CG(AbstractSolver):
             out = operator.matvec(v)
             return out + self.damping * v if self.damping else out
 
-        b_norm = float(torch.linalg.vector_norm(b))
+        b_norm = rhs_norm(b, solver="CG")
         if b_norm == 0.0:
             return Solution(torch.zeros_like(b), 0, 0.0, True)
-        check_finite(b, solver="CG", what="the right-hand side", iteration=0)
         iterations = 0
         if x0 is None:
             x = torch.zeros_like(b)

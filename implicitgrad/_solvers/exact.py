@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .._errors import ConvergenceWarning, InputError, SolverError, warn
-from .base import AbstractSolver, LinearOperator, Solution, check_finite
+from .base import AbstractSolver, LinearOperator, Solution, check_finite, rhs_norm
 
 __all__ = ["Exact"]
 
@@ -60,7 +60,7 @@ class Exact(AbstractSolver):
                 f"than max_size={self.max_size}. Use an iterative solver such as ig.CG(), or "
                 "raise Exact(max_size=...) if you really want the dense solve."
             )
-        b_norm = float(torch.linalg.vector_norm(b))
+        b_norm = rhs_norm(b, solver="Exact")
         if b_norm == 0.0:
             return Solution(torch.zeros_like(b), 0, 0.0, True)
         matrix = operator.materialize()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .._errors import InputError, SolverError
-from .base import AbstractSolver, LinearOperator, Solution, check_finite
+from .base import AbstractSolver, LinearOperator, Solution, check_finite, rhs_norm
 
 __all__ = ["Neumann"]
 
@@ -127,10 +127,9 @@ class Neumann(AbstractSolver):
     def solve(
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None
     ) -> Solution:
-        b_norm = float(torch.linalg.vector_norm(b))
+        b_norm = rhs_norm(b, solver="Neumann")
         if b_norm == 0.0:
             return Solution(torch.zeros_like(b), 0, 0.0, None)
-        check_finite(b, solver="Neumann", what="the right-hand side", iteration=0)
         alpha, iterations = self._step(operator, b)
         term = b
         total = b.clone()

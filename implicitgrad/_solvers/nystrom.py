@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from .._errors import InputError, SolverError
-from .base import AbstractSolver, LinearOperator, Solution, check_finite
+from .base import AbstractSolver, LinearOperator, Solution, check_finite, rhs_norm
 
 __all__ = ["Nystrom"]
 
@@ -150,10 +150,9 @@ class Nystrom(AbstractSolver):
     def solve(
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None
     ) -> Solution:
-        b_norm = float(torch.linalg.vector_norm(b))
+        b_norm = rhs_norm(b, solver="Nystrom")
         if b_norm == 0.0:
             return Solution(torch.zeros_like(b), 0, 0.0, None)
-        check_finite(b, solver="Nystrom", what="the right-hand side", iteration=0)
         iterations = min(self.rank, operator.size)
         u, lam = self.factor(operator)
         if lam.numel() == 0:
