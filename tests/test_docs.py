@@ -341,7 +341,13 @@ def test_solver_tables_match_a_fresh_measurement() -> None:
     assert set(documented) == set(measured)
     for key, (rel, cos, hvps) in documented.items():
         row = measured[key]
-        assert row.hvps == hvps, (key, row)
+        if "tol=" in key[1]:
+            # A solver that stops at a tolerance may take a product more or fewer where the
+            # residual crosses it: rounding differs between CPU kernels (AVX2 against
+            # AVX-512 MKL gave 276 and 277 on the κ = 1000 problem).
+            assert abs(row.hvps - hvps) <= max(2, 0.02 * hvps), (key, row)
+        else:  # a fixed number of products by construction
+            assert row.hvps == hvps, (key, row)
         assert abs(row.cosine - cos) <= 1.1e-3, (key, row)
         if rel >= 1e-8:  # two or three significant digits are shown
             assert abs(row.rel_error - rel) <= 0.06 * rel, (key, row)
