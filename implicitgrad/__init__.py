@@ -25,7 +25,9 @@ from ._optim import AdamState as AdamState
 from ._optim import AdamW as AdamW
 from ._optim import SGDState as SGDState
 from ._solvers import CG as CG
+from ._solvers import GMRES as GMRES
 from ._solvers import AbstractSolver as AbstractSolver
+from ._solvers import BiCGStab as BiCGStab
 from ._solvers import Exact as Exact
 from ._solvers import Identity as Identity
 from ._solvers import LinearOperator as LinearOperator
@@ -54,6 +56,8 @@ __all__ = [
     "LinearOperator",
     "Solution",
     "CG",
+    "GMRES",
+    "BiCGStab",
     "Neumann",
     "Nystrom",
     "Identity",

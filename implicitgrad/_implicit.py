@@ -7,66 +7,197 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from ._errors import StationarityWarning, warn
-from ._hypergrad import implicit_vjp
-from ._problem import root_condition
-from ._solvers.base import AbstractSolver, resolve_solver
-from ._tree import Tree, TreeDef, check_uniform, flatten, ravel, unflatten
+from ._batching import Batch, under_transform, vmap_rule
+from ._errors import InputError
+from ._hypergrad import check_inputs, check_stationarity, prepare, solve_adjoint
+from ._problem import Condition, Form, build_condition, check_finite_leaves, grad_or_zeros
+from ._solvers.base import AbstractSolver
+from ._solvers.registry import resolve_solver
+from ._tree import Tree, TreeDef, unflatten
 
-__all__ = ["implicit"]
+__all__ = ["implicit", "implicit_solution"]
 
 
 @dataclass(frozen=True)
 class _Spec:
-    inner_loss: Callable[..., Any]
-    theta: tuple[torch.Tensor, ...]
+    form: Form
     theta_spec: TreeDef
     phi_spec: TreeDef
     solver: AbstractSolver
     stationarity_tol: float | None
+    call: str
+    batch: Batch | None = None
 
 
-class _Implicit(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, spec: _Spec, *phi: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ctx.spec = spec
-        ctx.save_for_backward(*phi)
-        return tuple(t.detach().clone() for t in spec.theta)
+def _leaves(theta: list[torch.Tensor], phi: list[torch.Tensor]):
+    return [t.detach().requires_grad_(True) for t in theta], [
+        p.detach().requires_grad_(True) for p in phi
+    ]
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, *grad_theta: torch.Tensor | None) -> tuple[Any, ...]:
-        spec: _Spec = ctx.spec
-        call = "implicit"
-        theta = [t.detach().requires_grad_(True) for t in spec.theta]
-        phi = [p.detach().requires_grad_(True) for p in ctx.saved_tensors]
-        v = ravel([torch.zeros_like(t) if g is None else g for g, t in zip(grad_theta, theta)])
-        with torch.enable_grad():
-            cond = root_condition(
-                spec.inner_loss, theta, phi, spec.theta_spec, spec.phi_spec, call=call
-            )
-            if spec.stationarity_tol is not None and cond.stationarity > spec.stationarity_tol:
-                warn(
-                    f"`implicit`: |∇θ inner_loss| = {cond.stationarity:.3e} > "
-                    f"stationarity_tol={spec.stationarity_tol:.1e} at the given inner_params; "
-                    "the implicit gradient is biased. Solve the inner problem further, or pass "
-                    "stationarity_tol=None.",
-                    StationarityWarning,
-                )
-            grads, used, _ = implicit_vjp(cond, v, spec.solver)
-        if not any(used):
-            from ._errors import InputError
 
-            raise InputError(
-                "`implicit`: inner_loss does not depend on outer_params, so θ* does not depend "
-                "on φ. Check that inner_loss uses its second argument."
-            )
-        return (
-            None,
-            *[g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[1:])],
+def _vjp(
+    spec: _Spec, theta: list[torch.Tensor], phi: list[torch.Tensor], g: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The implicit part $\\mp(\\partial F/\\partial\\phi)^\\top A^{-1}v$ for the cotangent `g`,
+    and the linear solution $A^{-1}v$."""
+    call = spec.call
+    theta, phi = _leaves(theta, phi)
+    g = [x.detach() for x in g]
+    size = None if spec.batch is None else spec.batch.size
+    with torch.enable_grad():
+        cond = build_condition(
+            spec.form, theta, phi, spec.theta_spec, spec.phi_spec, call=call, batch_size=size
         )
+        check_stationarity(call, cond, spec.stationarity_tol)
+        check_finite_leaves(
+            g,
+            spec.theta_spec,
+            call=call,
+            what="the gradient reaching inner_params",
+            error=InputError,
+        )
+        parts, used, solution = solve_adjoint(cond, cond.ravel(g), spec.solver)
+    if not any(used):
+        raise InputError(
+            f"`{call}`: {spec.form.name} does not depend on outer_params, so θ* does not depend "
+            "on φ. Check that it uses its second argument."
+        )
+    return parts, solution.value
+
+
+class _ImplicitFn(torch.autograd.Function):
+    """θ* (values of the given inner parameters) with the implicit-function-theorem gradient."""
+
+    @staticmethod
+    def forward(spec: _Spec, n: int, *leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        check_inputs(
+            list(leaves[:n]), list(leaves[n:]), spec.theta_spec, spec.phi_spec, call=spec.call
+        )
+        return tuple(t.detach().clone() for t in leaves[:n])
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        ctx.spec, ctx.n = inputs[0], inputs[1]
+        ctx.save_for_backward(*inputs[2:])
+
+    @staticmethod
+    def backward(ctx: Any, *grad_theta: torch.Tensor | None) -> tuple[Any, ...]:
+        spec, n = ctx.spec, ctx.n
+        saved = ctx.saved_tensors
+        theta, phi = list(saved[:n]), list(saved[n:])
+        g = [torch.zeros_like(t) if x is None else x for x, t in zip(grad_theta, theta)]
+        if under_transform():
+            # torch.func runs every backward with grad mode on; its own transforms decide the
+            # order, and a second one reaches `_ImplicitVJPFn.backward`, which says it cannot.
+            parts = list(_ImplicitVJPFn.apply(spec, n, len(phi), *theta, *phi, *g)[:-1])
+        elif torch.is_grad_enabled():
+            # create_graph=True: the result must itself be differentiable in φ, through θ*(φ).
+            _check_second_order(spec)
+            theta_star = list(_ImplicitFn.apply(spec, n, *theta, *phi))
+            out = _ImplicitVJPFn.apply(spec, n, len(phi), *theta_star, *phi, *g)
+            parts = list(out[:-1])
+        else:
+            parts, _ = _vjp(spec, theta, phi, g)
+        needs = ctx.needs_input_grad[2 + n :]
+        return (None, None, *([None] * n), *[p if k else None for p, k in zip(parts, needs)])
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, spec: _Spec, n: int, *leaves: torch.Tensor) -> Any:
+        return vmap_rule(
+            info, in_dims[2:], leaves, spec, lambda s, xs: _ImplicitFn.apply(s, n, *xs)
+        )
+
+
+def _check_second_order(spec: _Spec) -> None:
+    if spec.form.fixed_point or spec.batch is not None or under_transform():
+        where = (
+            "the fixed-point form"
+            if spec.form.fixed_point
+            else "a batch of problems"
+            if spec.batch is not None
+            else "torch.func transforms"
+        )
+        raise InputError(
+            f"`{spec.call}`: second-order derivatives (create_graph=True) through the implicit "
+            f"solution are supported for one root-form problem with torch.autograd, not for "
+            f"{where}. Differentiate twice with torch.autograd.grad(..., create_graph=True) on "
+            "ig.implicit(inner_loss, ...) outside torch.func transforms."
+        )
+
+
+class _ImplicitVJPFn(torch.autograd.Function):
+    """$(\\theta, \\phi, v) \\mapsto -(\\partial F/\\partial\\phi)^\\top H^{-1} v$, differentiable
+    once more (second-order derivatives through `implicit`)."""
+
+    @staticmethod
+    def forward(spec: _Spec, n: int, m: int, *leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        theta, phi, g = list(leaves[:n]), list(leaves[n : n + m]), list(leaves[n + m :])
+        parts, w = _vjp(spec, theta, phi, g)
+        return (*parts, w)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        ctx.spec, ctx.n, ctx.m = inputs[0], inputs[1], inputs[2]
+        ctx.mark_non_differentiable(output[-1])
+        ctx.save_for_backward(*inputs[3 : 3 + inputs[1] + inputs[2]], output[-1])
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[Any, ...]:
+        spec, n, m = ctx.spec, ctx.n, ctx.m
+        _check_second_order(spec)
+        if torch.is_grad_enabled():
+            raise InputError(
+                f"`{spec.call}`: derivatives of third order and higher through the implicit "
+                "solution are not supported; second order is."
+            )
+        saved = ctx.saved_tensors
+        theta, phi, w = _leaves(list(saved[:n]), list(saved[n : n + m])) + (saved[-1],)
+        u_bar = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[:m], phi)]
+        with torch.enable_grad():
+            f = spec.form.fn(unflatten(spec.theta_spec, theta), unflatten(spec.phi_spec, phi))
+            big_f = torch.autograd.grad(f, theta, create_graph=True)
+            f_phi, _ = grad_or_zeros(f, phi, create_graph=True)
+            # s = (∂F/∂φ) ū = ∇θ <∇φ f, ū>
+            dot = sum((a * b).sum() for a, b in zip(f_phi, u_bar))
+            s, _ = grad_or_zeros(dot, theta) if dot.requires_grad else ([0 * t for t in theta], 0)
+            cond = Condition(spec.form, list(big_f), theta, phi, 0.0)
+            z = spec.solver.solve(cond.operator(), cond.ravel(s)).value
+            # Q = <∇θ<F,w>, z> - <∇φ<F,w>, ū> with w, z, ū fixed; ∇Q is the rest of the VJP.
+            e = sum((a * b).sum() for a, b in zip(big_f, cond.unravel(w)))
+            e_grads, _ = grad_or_zeros(e, theta + phi, create_graph=True)
+            q = sum((a * b).sum() for a, b in zip(e_grads[:n], cond.unravel(z))) - sum(
+                (a * b).sum() for a, b in zip(e_grads[n:], u_bar)
+            )
+            q_grads, _ = grad_or_zeros(q, theta + phi, retain_graph=False)
+        g_bar = [-x for x in cond.unravel(z)]
+        return (None, None, None, *q_grads, *g_bar)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, spec: _Spec, n: int, m: int, *leaves: torch.Tensor) -> Any:
+        return vmap_rule(
+            info, in_dims[3:], leaves, spec, lambda s, xs: _ImplicitVJPFn.apply(s, n, m, *xs)
+        )
+
+
+def implicit_solution(
+    form: Form,
+    inner_params: Tree,
+    outer_params: Tree,
+    solver: AbstractSolver | str | None,
+    *,
+    stationarity_tol: float | None,
+    call: str,
+) -> Tree:
+    """θ* differentiable in φ by the implicit function theorem, for either form."""
+    solver = resolve_solver(solver, call=call, symmetric=form.symmetric)
+    theta, theta_spec = prepare(inner_params, call=call, name="inner_params", uniform=True)
+    phi, phi_spec = prepare(
+        outer_params, call=call, name="outer_params", require_grad=not under_transform()
+    )
+    spec = _Spec(form, theta_spec, phi_spec, solver, stationarity_tol, call)
+    out = _ImplicitFn.apply(spec, len(theta), *[t.detach() for t in theta], *phi)
+    return unflatten(theta_spec, list(out))
 
 
 def implicit(
@@ -87,6 +218,14 @@ def implicit(
     theorem, with $H^{-1}v$ from `solver`. Any loss built on the result therefore
     backpropagates the hypergradient into φ, on top of any direct dependence on φ, and
     composes with `torch.optim`.
+
+    **Composition.** It works under `torch.func.grad`, `vjp`, `jacrev` and `vmap` (a vmapped
+    batch of problems is solved in one call, each problem on its own residual; the solver
+    must support batches: CG, Neumann, Identity). Second-order derivatives work with
+    `torch.autograd.grad(..., create_graph=True)`: differentiating the hypergradient again
+    differentiates $H$, the mixed derivative and θ*(φ) itself, which costs one more linear
+    solve. Third-order derivatives, and second order under torch.func transforms, raise
+    [`InputError`][implicitgrad.InputError].
 
     **Arguments:**
 
@@ -109,23 +248,16 @@ def implicit(
     import torch, implicitgrad as ig
     inner = lambda t, p: 0.5 * 3.0 * (t ** 2).sum() - (t * p).sum()   # θ* = φ / 3
     phi = torch.ones(2, requires_grad=True)
-    theta = ig.implicit(inner, (phi / 3).detach(), phi, solver=ig.CG(tol=1e-10))
+    theta = ig.implicit(inner, (phi / 3).detach(), phi, solver=ig.CG(tol=1e-6))
     (theta.sum() + phi.sum()).backward()
     assert torch.allclose(phi.grad, torch.full((2,), 1 + 1 / 3))
     ```
     """
-    call = "implicit"
-    solver = resolve_solver(solver, call=call)
-    theta_leaves, theta_spec = flatten(inner_params, call=call, name="inner_params")
-    phi_leaves, phi_spec = flatten(outer_params, call=call, name="outer_params", require_grad=True)
-    check_uniform(theta_leaves, theta_spec, call=call, name="inner_params")
-    spec = _Spec(
-        inner_loss=inner_loss,
-        theta=tuple(t.detach() for t in theta_leaves),
-        theta_spec=theta_spec,
-        phi_spec=phi_spec,
-        solver=solver,
+    return implicit_solution(
+        Form(inner_loss, fixed_point=False, symmetric=True),
+        inner_params,
+        outer_params,
+        solver,
         stationarity_tol=stationarity_tol,
+        call="implicit",
     )
-    out = _Implicit.apply(spec, *phi_leaves)
-    return unflatten(theta_spec, list(out))

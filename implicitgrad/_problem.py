@@ -1,9 +1,21 @@
-"""Shared machinery of the implicit entry points: calling user losses, building operators.
+"""The optimality condition of the inner problem, written once for both forms.
 
-Every entry point (`hypergrad`, `fixed_point_hypergrad`, `implicit`) reduces to the same
-three steps: differentiate the optimality condition once with `create_graph=True`, hand the
-solver a matrix-free operator that reuses that graph, and finish with one mixed
-vector-Jacobian product.
+Every implicit entry point (`hypergrad`, `fixed_point_hypergrad`, `implicit`, and the
+implicit adjoint) reduces to the same steps: evaluate the condition once with its graph kept
+(the gradient $F = \\nabla_\\theta f$ of the root form, or the update $T$ of the fixed-point
+form), hand the solver a matrix-free operator that reuses that graph and says what it is
+(symmetric or not), and finish with one mixed vector-Jacobian product. The fixed-point form
+is the root problem $\\theta - T(\\theta, \\phi) = 0$, so only the operator and the sign of
+the mixed product differ:
+
+- root form: $A = \\partial F/\\partial\\theta = H$, implicit part
+  $-(\\partial F/\\partial\\phi)^\\top A^{-1}v$;
+- fixed-point form: $A = I - (\\partial T/\\partial\\theta)^\\top$, implicit part
+  $+(\\partial T/\\partial\\phi)^\\top A^{-1}v$.
+
+With `batch_size` the leaves carry a leading dimension of independent problems; the losses
+are written for one problem and evaluated with `torch.func.vmap`, and because the problems
+are independent the summed condition's products are block diagonal: one graph serves all.
 """
 
 from __future__ import annotations
@@ -13,77 +25,75 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 from ._errors import ImplicitGradError, InputError
 from ._solvers.base import LinearOperator
-from ._tree import TreeDef, describe, leaf_path, ravel, unflatten, unravel
+from ._tree import TreeDef, describe, leaf_path, unflatten
 
-__all__ = ["call_scalar", "call_tree", "Condition", "grad_or_zeros"]
+__all__ = ["Form", "Condition", "call_scalar", "grad_or_zeros", "check_finite_leaves"]
 
 
-def _wrap_user_error(
-    call: str, fn_name: str, err: Exception, theta_spec: Any, phi_spec: Any
-) -> InputError:
+@dataclass(frozen=True)
+class Form:
+    """Which optimality condition: `fn` is `inner_loss(θ, φ)` (root form) or
+    `update(θ, φ)` (fixed-point form); `symmetric` tags the operator."""
+
+    fn: Callable[..., Any]
+    fixed_point: bool
+    symmetric: bool
+
+    @property
+    def name(self) -> str:
+        return "update" if self.fixed_point else "inner_loss"
+
+    def what(self) -> str:
+        return "|T(θ, φ) - θ|" if self.fixed_point else "|∇θ inner_loss|"
+
+
+def _wrap_user_error(call: str, fn_name: str, err: Exception, theta: Any, phi: Any) -> InputError:
     return InputError(
         f"`{call}`: calling {fn_name}(inner_params, outer_params) raised "
         f"{type(err).__name__}: {err}. Check that inner_params and outer_params have the "
-        f"structure {fn_name} expects; it received inner_params={theta_spec} and "
-        f"outer_params={phi_spec}."
+        f"structure {fn_name} expects; it received inner_params={describe(theta)} and "
+        f"outer_params={describe(phi)}."
     )
 
 
-def _invoke(fn: Callable[..., Any], theta: Any, phi: Any, *, call: str, fn_name: str) -> Any:
+def _invoke(
+    fn: Callable[..., Any], theta: Any, phi: Any, *, call: str, fn_name: str, batched: bool
+) -> Any:
     try:
-        return fn(theta, phi)
+        return torch.func.vmap(fn)(theta, phi) if batched else fn(theta, phi)
     except ImplicitGradError:
         raise
     except Exception as err:
-        raise _wrap_user_error(call, fn_name, err, describe(theta), describe(phi)) from err
+        raise _wrap_user_error(call, fn_name, err, theta, phi) from err
 
 
 def call_scalar(
-    fn: Callable[..., Any], theta: Any, phi: Any, *, call: str, fn_name: str
+    fn: Callable[..., Any],
+    theta: Any,
+    phi: Any,
+    *,
+    call: str,
+    fn_name: str,
+    batched: bool = False,
 ) -> torch.Tensor:
-    """Call a user loss and check that it returns a real scalar tensor."""
-    out = _invoke(fn, theta, phi, call=call, fn_name=fn_name)
+    """Call a user loss and check that it returns a real scalar tensor (summed over a batch)."""
+    out = _invoke(fn, theta, phi, call=call, fn_name=fn_name, batched=batched)
     if not isinstance(out, torch.Tensor):
         raise InputError(
             f"`{call}`: {fn_name} must return a scalar torch.Tensor, got {type(out).__name__}."
         )
-    if out.numel() != 1:
+    if out.numel() != (out.shape[0] if batched and out.dim() else 1) or out.dim() > int(batched):
         raise InputError(
             f"`{call}`: {fn_name} must return a scalar, got a tensor of shape "
-            f"{tuple(out.shape)}. Reduce it, e.g. with .mean() or .sum()."
+            f"{tuple(out.shape[int(batched) :])}. Reduce it, e.g. with .mean() or .sum()."
         )
     if not out.is_floating_point():
         raise InputError(f"`{call}`: {fn_name} returned dtype {out.dtype}; it must be floating.")
-    return out.reshape(())
-
-
-def call_tree(
-    fn: Callable[..., Any],
-    theta: Any,
-    phi: Any,
-    like: Sequence[torch.Tensor],
-    spec: TreeDef,
-    *,
-    call: str,
-    fn_name: str,
-) -> list[torch.Tensor]:
-    """Call a user update map and check its output has the structure of `inner_params`."""
-    import torch.utils._pytree as pytree
-
-    out = _invoke(fn, theta, phi, call=call, fn_name=fn_name)
-    leaves, out_spec = pytree.tree_flatten(out)
-    if out_spec != spec or any(
-        not isinstance(o, torch.Tensor) or o.shape != t.shape for o, t in zip(leaves, like)
-    ):
-        raise InputError(
-            f"`{call}`: {fn_name}(inner_params, outer_params) must return a tree with the "
-            f"same structure and shapes as inner_params ({describe(unflatten(spec, like))}), "
-            f"got {describe(out)}."
-        )
-    return list(leaves)
+    return out.sum() if batched else out.reshape(())
 
 
 def grad_or_zeros(
@@ -107,45 +117,105 @@ def grad_or_zeros(
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)], used
 
 
+def check_finite_leaves(
+    leaves: Sequence[torch.Tensor], spec: TreeDef, *, call: str, what: str, error: type
+) -> None:
+    """Raise `error` naming the first leaf of `leaves` that holds NaN or Inf (one host sync)."""
+    if not leaves:
+        return
+    total = torch.stack([leaf.detach().sum() for leaf in leaves]).sum()
+    if bool(torch.isfinite(total)):
+        return
+    for i, leaf in enumerate(leaves):
+        if not bool(torch.isfinite(leaf.detach()).all()):
+            kind = "NaN" if bool(torch.isnan(leaf.detach()).any()) else "Inf"
+            raise error(f"`{call}`: {kind} in {what}{leaf_path(spec, i)}. {_FIX[what]}")
+    # Only the sum overflowed; every entry is finite.
+
+
+_FIX = {
+    "inner_params": "Check how the inner parameters were computed (a diverged inner solve?).",
+    "outer_params": "Check the outer parameters (a diverged outer update?).",
+    "the gradient of inner_loss w.r.t. inner_params": (
+        "inner_loss is not finite, or not differentiable, at the given parameters."
+    ),
+    "update(inner_params, outer_params)": "The update map is not finite at the given parameters.",
+    "the gradient of outer_loss w.r.t. inner_params": (
+        "outer_loss is not finite, or not differentiable, at the given parameters."
+    ),
+    "the gradient of outer_loss w.r.t. outer_params": (
+        "outer_loss is not finite, or not differentiable, at the given parameters."
+    ),
+    "the hypergradient w.r.t. outer_params": (
+        "The mixed second derivative of the inner problem is not finite at the given parameters."
+    ),
+}
+
+
+def _flat(tensors: Sequence[torch.Tensor], batch: int | None) -> torch.Tensor:
+    if batch is None:
+        if len(tensors) == 1:
+            return tensors[0].reshape(-1)
+        return torch.cat([t.reshape(-1) for t in tensors])
+    return torch.cat([t.reshape(batch, -1) for t in tensors], dim=1)
+
+
+def _split(vector: torch.Tensor, like: Sequence[torch.Tensor], batch: int | None) -> list:
+    # On the hot path of every product: one `split` instead of a slice per leaf.
+    if len(like) == 1:
+        return [vector.view_as(like[0])]
+    sizes = [t.numel() // (1 if batch is None else batch) for t in like]
+    chunks = vector.split(sizes, dim=-1)
+    return [c.reshape(t.shape) for c, t in zip(chunks, like)]
+
+
 @dataclass
 class Condition:
-    """The differentiated optimality condition $F(\\theta, \\phi) = 0$, graph kept.
+    """The condition $F(\\theta, \\phi)$ (root) or $T(\\theta, \\phi)$ (fixed point), graph kept.
 
-    For the root form $F = \\nabla_\\theta f$ and the operator is $H = \\partial F/\\partial
-    \\theta$ (symmetric). For the fixed-point form the stored output is $T(\\theta, \\phi)$
-    and the operator is $I - (\\partial T/\\partial \\theta)^\\top$.
+    `stationarity` is $\\lVert F\\rVert$ or $\\lVert T - \\theta\\rVert$ (the largest over a
+    batch); `batch_stationarity` the per-problem values for a batch.
     """
 
+    form: Form
     output: list[torch.Tensor]
     theta: list[torch.Tensor]
     phi: list[torch.Tensor]
-    fixed_point: bool
     stationarity: float
+    batch_size: int | None = None
+    batch_stationarity: torch.Tensor | None = None
+
+    def ravel(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return _flat(tensors, self.batch_size)
+
+    def unravel(self, vector: torch.Tensor) -> list[torch.Tensor]:
+        return _split(vector, self.theta, self.batch_size)
 
     def operator(self) -> LinearOperator:
-        theta, output = self.theta, self.output
-        fixed_point = self.fixed_point
+        theta, output, batch = self.theta, self.output, self.batch_size
+        fixed_point = self.form.fixed_point
 
         def vjp(v: torch.Tensor) -> torch.Tensor:
             grads = torch.autograd.grad(
                 output,
                 theta,
-                grad_outputs=unravel(v, theta),
+                grad_outputs=_split(v, theta, batch),
                 retain_graph=True,
                 allow_unused=True,
             )
-            return ravel([torch.zeros_like(t) if g is None else g for g, t in zip(grads, theta)])
+            return _flat(
+                [torch.zeros_like(t) if g is None else g for g, t in zip(grads, theta)], batch
+            )
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
             return v - vjp(v) if fixed_point else vjp(v)
 
         def batched(vs: torch.Tensor) -> torch.Tensor:
+            k = vs.shape[0]
             grads = torch.autograd.grad(
                 output,
                 theta,
-                grad_outputs=[
-                    g.reshape(vs.shape[0], *t.shape) for g, t in zip(_split_rows(vs, theta), theta)
-                ],
+                grad_outputs=[g.reshape(k, *t.shape) for g, t in zip(_rows(vs, theta), theta)],
                 retain_graph=True,
                 allow_unused=True,
                 is_grads_batched=True,
@@ -153,9 +223,9 @@ class Condition:
             flat = torch.cat(
                 [
                     (
-                        torch.zeros(vs.shape[0], t.numel(), dtype=vs.dtype, device=vs.device)
+                        torch.zeros(k, t.numel(), dtype=vs.dtype, device=vs.device)
                         if g is None
-                        else g.reshape(vs.shape[0], -1)
+                        else g.reshape(k, -1)
                     )
                     for g, t in zip(grads, theta)
                 ],
@@ -164,24 +234,28 @@ class Condition:
             return vs - flat if fixed_point else flat
 
         first = theta[0]
+        per_problem = sum(t.numel() for t in theta) // (1 if batch is None else batch)
         return LinearOperator(
             matvec=matvec,
-            size=sum(t.numel() for t in theta),
+            size=per_problem,
             dtype=first.dtype,
             device=first.device,
-            symmetric=not fixed_point,
-            fixed_point=fixed_point,
-            batched_matvec=batched,
+            symmetric=self.form.symmetric,
+            batched_matvec=batched if batch is None else None,
+            batch_size=batch,
         )
 
-    def mixed_vjp(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[bool]]:
-        """$(\\partial F/\\partial \\phi)^\\top x$ and which φ leaves it reached."""
-        return grad_or_zeros(
-            self.output, self.phi, grad_outputs=unravel(x, self.theta), retain_graph=False
+    def implicit_part(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[bool]]:
+        """$\\mp(\\partial F/\\partial\\phi)^\\top x$ and which φ leaves it reached."""
+        mixed, used = grad_or_zeros(
+            self.output, self.phi, grad_outputs=self.unravel(x), retain_graph=False
         )
+        if not self.form.fixed_point:
+            mixed = [-m for m in mixed]
+        return mixed, used
 
 
-def _split_rows(vs: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def _rows(vs: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     out, start = [], 0
     for t in like:
         out.append(vs[:, start : start + t.numel()])
@@ -189,63 +263,63 @@ def _split_rows(vs: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Te
     return out
 
 
-def root_condition(
-    inner_loss: Callable[..., Any],
+def build_condition(
+    form: Form,
     theta: list[torch.Tensor],
     phi: list[torch.Tensor],
     theta_spec: TreeDef,
     phi_spec: TreeDef,
     *,
     call: str,
+    batch_size: int | None = None,
 ) -> Condition:
-    """Differentiate $f$ once with the graph kept: $F = \\nabla_\\theta f(\\theta, \\phi)$."""
-    f = call_scalar(
-        inner_loss,
-        unflatten(theta_spec, theta),
-        unflatten(phi_spec, phi),
-        call=call,
-        fn_name="inner_loss",
-    )
-    grads = torch.autograd.grad(f, theta, create_graph=True, allow_unused=True)
-    for i, g in enumerate(grads):
-        if g is None:
+    """Evaluate the condition once with its graph kept, and check that it is finite."""
+    batched = batch_size is not None
+    theta_tree, phi_tree = unflatten(theta_spec, theta), unflatten(phi_spec, phi)
+    if form.fixed_point:
+        out = _invoke(form.fn, theta_tree, phi_tree, call=call, fn_name="update", batched=batched)
+        leaves, out_spec = pytree.tree_flatten(out)
+        if out_spec != theta_spec or any(
+            not isinstance(o, torch.Tensor) or o.shape != t.shape for o, t in zip(leaves, theta)
+        ):
             raise InputError(
-                f"`{call}`: inner_loss does not depend on inner_params leaf "
-                f"{leaf_path(theta_spec, i)}, so its Hessian is singular. Remove that leaf from "
-                "inner_params (pass it through a closure instead), or check the tree structure."
+                f"`{call}`: update(inner_params, outer_params) must return a tree with the "
+                f"same structure and shapes as inner_params ({describe(theta_tree)}), got "
+                f"{describe(out)}."
             )
-    output = list(grads)
-    stationarity = float(torch.linalg.vector_norm(ravel([g.detach() for g in output])))
-    return Condition(output, theta, phi, fixed_point=False, stationarity=stationarity)
-
-
-def fixed_point_condition(
-    update: Callable[..., Any],
-    theta: list[torch.Tensor],
-    phi: list[torch.Tensor],
-    theta_spec: TreeDef,
-    phi_spec: TreeDef,
-    *,
-    call: str,
-) -> Condition:
-    """Evaluate the update map once with the graph kept: $T(\\theta, \\phi)$."""
-    output = call_tree(
-        update,
-        unflatten(theta_spec, theta),
-        unflatten(phi_spec, phi),
-        theta,
-        theta_spec,
-        call=call,
-        fn_name="update",
-    )
-    if not any(o.requires_grad for o in output):
-        raise InputError(
-            f"`{call}`: update(inner_params, outer_params) returned tensors with no gradient "
-            "path to its inputs. If it computes a gradient internally, use "
-            "torch.autograd.grad(..., create_graph=True) or torch.func.grad, and do not "
-            "detach or use torch.no_grad() inside it."
+        if not any(o.requires_grad for o in leaves):
+            raise InputError(
+                f"`{call}`: update(inner_params, outer_params) returned tensors with no gradient "
+                "path to its inputs. If it computes a gradient internally, use "
+                "torch.autograd.grad(..., create_graph=True) or torch.func.grad, and do not "
+                "detach or use torch.no_grad() inside it."
+            )
+        output = list(leaves)
+        gap = [(o - t).detach() for o, t in zip(output, theta)]
+        what = "update(inner_params, outer_params)"
+        check_finite_leaves(output, theta_spec, call=call, what=what, error=InputError)
+    else:
+        f = call_scalar(
+            form.fn, theta_tree, phi_tree, call=call, fn_name="inner_loss", batched=batched
         )
-    stationarity = float(
-        torch.linalg.vector_norm(ravel([(o - t).detach() for o, t in zip(output, theta)]))
-    )
-    return Condition(output, theta, phi, fixed_point=True, stationarity=stationarity)
+        grads = torch.autograd.grad(f, theta, create_graph=True, allow_unused=True)
+        for i, g in enumerate(grads):
+            if g is None:
+                raise InputError(
+                    f"`{call}`: inner_loss does not depend on inner_params leaf "
+                    f"{leaf_path(theta_spec, i)}, so its Hessian is singular. Remove that leaf "
+                    "from inner_params (pass it through a closure instead), or check the tree "
+                    "structure."
+                )
+        output = list(grads)
+        gap = [g.detach() for g in output]
+        what = "the gradient of inner_loss w.r.t. inner_params"
+    norms = torch.linalg.vector_norm(_flat(gap, batch_size), dim=-1)
+    if batched:
+        values = norms.tolist()
+        stationarity = max(values) if values else 0.0
+    else:
+        stationarity = float(norms)
+    if stationarity != stationarity or stationarity == float("inf"):
+        check_finite_leaves(output, theta_spec, call=call, what=what, error=InputError)
+    return Condition(form, output, theta, phi, stationarity, batch_size, norms if batched else None)

@@ -70,7 +70,15 @@ def flatten(
                 f"`{call}({name}=...)` has a leaf {path} of type {type(leaf).__name__}; every "
                 "leaf must be a torch.Tensor. Wrap numbers with torch.tensor(..., dtype=...)."
             )
-        if not (leaf.is_floating_point() or leaf.is_complex()):
+        if leaf.is_complex():
+            path = _leaf_path(spec, i)
+            raise InputError(
+                f"`{call}({name}=...)` has a leaf {path} of complex dtype {leaf.dtype}. The "
+                "solvers are written for real systems (a complex Hessian needs conjugate "
+                "transposes and Wirtinger derivatives they do not take). Pass the real and "
+                "imaginary parts as a real tensor: torch.view_as_real(leaf)."
+            )
+        if not leaf.is_floating_point():
             path = _leaf_path(spec, i)
             raise InputError(
                 f"`{call}({name}=...)` has a leaf {path} of dtype {leaf.dtype}; hypergradients "

@@ -44,6 +44,8 @@ SOLVERS: list[SolverCase] = [
     SolverCase("Exact", lambda n, lam: ig.Exact(), True, 1e-8),
     # CG is exact after n steps in exact arithmetic; allow a few more for rounding.
     SolverCase("CG", lambda n, lam: ig.CG(max_iter=3 * n + 10, tol=1e-13), True, 1e-8),
+    SolverCase("GMRES", lambda n, lam: ig.GMRES(max_iter=3 * n + 10, tol=1e-13), True, 1e-8),
+    SolverCase("BiCGStab", lambda n, lam: ig.BiCGStab(max_iter=3 * n + 10, tol=1e-13), True, 1e-8),
     SolverCase("Neumann", lambda n, lam: ig.Neumann(terms=5, alpha=1.0 / lam), False, 0.0),
     SolverCase("Identity", lambda n, lam: ig.Identity(scale=0.5), False, 0.0),
     # At full rank with rho=0 the Nyström approximation is the Hessian itself.

@@ -124,13 +124,67 @@ def test_singular_hessian_is_reported():
         ig.hypergrad(singular, lambda t, p: t.sum(), t, torch.ones(2, dtype=F64), ig.CG())
 
 
-def test_nan_during_solve():
+def test_nan_in_the_losses_is_named():
+    # A NaN loss makes its gradient NaN: the error names the gradient and the leaf.
     nan_inner = lambda t, p: 0.5 * (t**2).sum() * torch.tensor(float("nan")) - (t * p).sum()  # noqa: E731
     for solver in [ig.CG(), ig.Neumann(terms=3, alpha=0.1), ig.Exact()]:
-        with pytest.raises(ig.SolverError, match=r"non-finite \(NaN/Inf\)"):
+        with pytest.raises(
+            ig.InputError, match=r"NaN in the gradient of inner_loss w\.r\.t\. inner_params<root>"
+        ):
             ig.hypergrad(nan_inner, outer, THETA, PHI, solver, stationarity_tol=None)
-    with pytest.raises(ig.SolverError, match=r"non-finite"):
+    with pytest.raises(
+        ig.InputError, match=r"(NaN|Inf) in the gradient of outer_loss w\.r\.t\. inner_params"
+    ):
         ig.hypergrad(quad, lambda t, p: (t * float("inf")).sum(), THETA, PHI, ig.Identity())
+
+
+def test_nan_in_a_product_only_is_a_solver_error():
+    # The gradient is finite but the curvature is not: only the products see the NaN.
+    for solver in [ig.CG(), ig.GMRES(), ig.Neumann(terms=3, alpha=0.1)]:
+        with pytest.raises(ig.SolverError, match=r"non-finite \(NaN/Inf\)"):
+            ig.hypergrad(
+                lambda t, p: quad(t, p) + _nan_curvature(t),
+                outer,
+                THETA,
+                PHI,
+                solver,
+                stationarity_tol=None,
+            )
+
+
+class _NanCurvature(torch.autograd.Function):
+    """x ↦ 0 with a zero gradient whose own derivative is NaN."""
+
+    @staticmethod
+    def forward(x):
+        return x.new_zeros(())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return _NanGrad.apply(x, g)
+
+
+class _NanGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(x, g):
+        return torch.zeros_like(x) * g
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, gg):
+        return torch.full_like(gg, float("nan")), None
+
+
+def _nan_curvature(t):
+    return _NanCurvature.apply(t)
 
 
 def test_diverging_neumann_series():
@@ -141,7 +195,10 @@ def test_diverging_neumann_series():
 
 def test_cg_not_converged_warns_with_numbers():
     prob = random_quadratic(30, 2, condition=1e4, seed=0)
-    with pytest.warns(ig.ConvergenceWarning, match=r"relative residual .* after max_iter=3"):
+    with pytest.warns(
+        ig.ConvergenceWarning,
+        match=r"relative residual .* after 3 Hessian-vector products \(max_iter=3\)",
+    ):
         _, info = ig.hypergrad(
             prob.inner_loss,
             prob.outer_loss,

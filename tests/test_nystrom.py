@@ -25,6 +25,7 @@ def _rel(a, b) -> float:
 
 def _dense_operator(A: torch.Tensor, batched: bool = True) -> ig.LinearOperator:
     return ig.LinearOperator(
+        symmetric=True,
         matvec=lambda v: A @ v,
         size=A.shape[0],
         dtype=A.dtype,

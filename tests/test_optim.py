@@ -212,7 +212,9 @@ def test_step_errors():
         ig.SGD(lr=0.1, momentum=0.9).step(params, params, ig.SGD(lr=0.1).init(params))
     with pytest.raises(ig.InputError, match=r"`Adam.step\(state=\.\.\.\)` has no max_exp_avg_sq"):
         ig.Adam(lr=0.1, amsgrad=True).step(params, params, ig.Adam(lr=0.1).init(params))
-    with pytest.raises(ig.InputError, match=r"`AdamW.init\(params=\.\.\.\)` holds a complex"):
+    with pytest.raises(
+        ig.InputError, match=r"`AdamW.init\(params=\.\.\.\)` has a leaf .* of complex dtype"
+    ):
         ig.AdamW(lr=0.1).init(torch.ones(2, dtype=torch.complex64))
     with pytest.raises(ig.InputError, match=r"`SGD.init\(params=\.\.\.\)` .* dtype torch.int64"):
         ig.SGD(lr=0.1).init(torch.ones(2, dtype=torch.int64))

@@ -65,7 +65,13 @@ def test_warm_start_with_fixed_point_form():
     solver = ig.CG(max_iter=100, tol=1e-12)
     phi = prob.outer_params
     _, info = ig.fixed_point_hypergrad(
-        update, prob.outer_loss, prob.inner_solution(phi), phi, solver=solver, return_info=True
+        update,
+        prob.outer_loss,
+        prob.inner_solution(phi),
+        phi,
+        solver=solver,
+        return_info=True,
+        symmetric=True,
     )
     phi2 = _nearby(phi, 1e-5)
     hg, warm_info = ig.fixed_point_hypergrad(
@@ -76,6 +82,7 @@ def test_warm_start_with_fixed_point_form():
         solver=solver,
         return_info=True,
         warm_start=info,
+        symmetric=True,
     )
     assert _rel(hg, prob.exact_hypergrad(phi2)) < 1e-8
     assert warm_info.iterations < info.iterations

@@ -1,4 +1,5 @@
-"""The solver contract: a matrix-free operator in, a solution with diagnostics out."""
+"""The solver contract: a matrix-free operator that says what it is in, a solution with
+diagnostics out."""
 
 from __future__ import annotations
 
@@ -6,45 +7,68 @@ import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from .._errors import InputError, SolverError
+from .._errors import ConvergenceWarning, InputError, SolverError, warn
 
-__all__ = ["AbstractSolver", "LinearOperator", "Solution", "resolve_solver", "rhs_norm"]
+__all__ = [
+    "AbstractSolver",
+    "LinearOperator",
+    "Solution",
+    "check_finite",
+    "rhs_norm",
+    "true_residual",
+    "warn_unreachable_tol",
+]
 
 
 @dataclass(frozen=True)
 class LinearOperator:
-    """A matrix-free square linear operator $A$ on flat vectors.
+    """A matrix-free square linear operator $A$ on flat vectors, tagged with its structure.
 
     This is what every solver receives. In [`hypergrad`][implicitgrad.hypergrad] $A$ is the
-    inner Hessian $H = \\partial^2 f / \\partial\\theta^2$; in
+    inner Hessian $H = \\partial^2 f / \\partial\\theta^2$ (symmetric); in
     [`fixed_point_hypergrad`][implicitgrad.fixed_point_hypergrad] it is
-    $I - (\\partial T/\\partial\\theta)^\\top$.
+    $I - (\\partial T/\\partial\\theta)^\\top$, symmetric only when $T$ is a gradient step.
+    Solvers read the tags to refuse operators outside their assumptions (CG refuses a
+    non-symmetric operator) instead of returning a wrong answer.
 
     **Fields:**
 
-    - `matvec`: `v ↦ A v` for a flat vector `v` of length `size`.
+    - `matvec`: `v ↦ A v` for a flat vector `v` of length `size` (or, with `batch_size`, a
+      `(batch_size, size)` matrix whose rows are the vectors of independent systems).
     - `size`: the dimension $n$.
     - `dtype`, `device`: those of the vectors `matvec` takes.
-    - `symmetric`: whether $A$ is known to be symmetric (true for Hessians).
-    - `fixed_point`: `True` when $A = I - J^\\top$ for the Jacobian $J$ of an update map; the
-      Neumann solver then sums the series in the update map's own step size.
-    - `batched_matvec`: optional `V ↦ (A Vᵀ)ᵀ` for a batch of vectors (rows), used to build
-      dense matrices quickly.
+    - `symmetric`: whether $A$ is known to be symmetric (default `False`: unknown, so only
+      solvers for general systems accept it).
+    - `positive_definite`: `True` if $A$ is known to be positive definite, `False` if known
+      not to be, `None` (default) if unknown. CG accepts `None` and detects negative
+      curvature as it goes.
+    - `batched_matvec`: optional `V ↦ (A Vᵀ)ᵀ` for a batch of vectors (rows) of one
+      system, used to build dense matrices and sketches quickly.
+    - `batch_size`: `None` for one system; $B$ for $B$ independent systems of the same size
+      solved together (from `torch.func.vmap` or the `batched=True` form), whose vectors are
+      the rows of a `(B, size)` matrix. Only solvers with `supports_batch` accept it.
     """
 
     matvec: Callable[[torch.Tensor], torch.Tensor]
     size: int
     dtype: torch.dtype
     device: torch.device
-    symmetric: bool = True
-    fixed_point: bool = False
+    symmetric: bool = False
+    positive_definite: bool | None = None
     batched_matvec: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None)
+    batch_size: int | None = None
 
     def materialize(self) -> torch.Tensor:
         """Build the dense $n \\times n$ matrix with $n$ matrix-vector products."""
+        if self.batch_size is not None:
+            raise InputError(
+                "`LinearOperator.materialize()` builds one dense matrix, but this operator "
+                f"holds {self.batch_size} independent systems."
+            )
         eye = torch.eye(self.size, dtype=self.dtype, device=self.device)
         if self.batched_matvec is not None:
             try:
@@ -61,18 +85,30 @@ class Solution:
 
     **Fields:**
 
-    - `value`: the approximate solution $x$ (a flat vector).
-    - `iterations`: matrix-vector products with $A$ spent on the solve.
-    - `residual`: the final relative residual $\\lVert A x - b\\rVert / \\lVert b\\rVert$, or
-      `None` when the solver does not compute it (fixed series such as `Identity`).
+    - `value`: the approximate solution $x$ (a flat vector, or `(B, n)` for a batch).
+    - `iterations`: matrix-vector products with $A$ spent on the solve (for a batch, the
+      most any system needed; see `batch_iterations`).
+    - `residual`: the true final relative residual $\\lVert A x - b\\rVert / \\lVert b\\rVert$
+      of the returned `value`, or `None` when the solver does not compute it (fixed series
+      such as `Identity`). For a batch, the largest over the systems.
     - `converged`: `True`/`False` for solvers with a stopping tolerance; `None` for solvers
-      that by design run a fixed number of steps.
+      that by design run a fixed number of steps. For a batch, whether all converged.
+    - `batch_residual`, `batch_iterations`, `batch_converged`: for a batch, one entry per
+      system (`None` for a single system).
     """
 
     value: torch.Tensor
     iterations: int
     residual: float | None
     converged: bool | None
+    batch_residual: torch.Tensor | None = None
+    batch_iterations: torch.Tensor | None = None
+    batch_converged: torch.Tensor | None = None
+
+
+# For the messages that say which solvers fit an operator a solver refuses.
+_GENERAL = "ig.GMRES(), ig.BiCGStab(), ig.Neumann() or ig.Exact()"
+_BATCHED = "ig.CG(), ig.Neumann() or ig.Identity()"
 
 
 class AbstractSolver(abc.ABC):
@@ -85,10 +121,18 @@ class AbstractSolver(abc.ABC):
 
     which approximately solves $A x = b$ for the matrix-free
     [`LinearOperator`][implicitgrad.LinearOperator] `operator` and a flat right-hand side
-    `b`, optionally starting from the guess `x0`. It must not change `b`, must raise
-    [`SolverError`][implicitgrad.SolverError] where its answer would be wrong (NaN/Inf,
-    breakdown, divergence), and should warn with
-    [`ConvergenceWarning`][implicitgrad.ConvergenceWarning] where it is merely imprecise.
+    `b`, optionally starting from the guess `x0`. It must
+
+    - first call `self.check_operator(operator)`, which refuses with
+      [`InputError`][implicitgrad.InputError] an operator outside the solver's
+      assumptions, as declared by the class attributes `requires_symmetric` and
+      `supports_batch`;
+    - not change `b`;
+    - raise [`SolverError`][implicitgrad.SolverError] where its answer would be wrong
+      (NaN/Inf, breakdown, divergence);
+    - report in `Solution.residual` the true relative residual of the value it returns (or
+      `None` if it does not compute one), and warn with
+      [`ConvergenceWarning`][implicitgrad.ConvergenceWarning] where it is merely imprecise.
 
     **Example:** a diagonal-only (Jacobi) approximation.
 
@@ -99,6 +143,7 @@ class AbstractSolver(abc.ABC):
     @dataclass(frozen=True)
     class Jacobi(ig.AbstractSolver):
         def solve(self, operator, b, x0=None):
+            self.check_operator(operator)
             diag = operator.materialize().diagonal()
             return ig.Solution(value=b / diag, iterations=operator.size,
                                residual=None, converged=None)
@@ -107,6 +152,31 @@ class AbstractSolver(abc.ABC):
                       torch.ones(3), torch.ones(3), solver=Jacobi())
     ```
     """
+
+    #: The solver is only correct for symmetric operators (CG, Nyström).
+    requires_symmetric: ClassVar[bool] = False
+    #: The solver accepts `operator.batch_size` (independent systems solved together).
+    supports_batch: ClassVar[bool] = False
+
+    def check_operator(self, operator: LinearOperator) -> None:
+        """Raise `InputError` if `operator` is outside this solver's assumptions."""
+        name = type(self).__name__
+        if self.requires_symmetric and not operator.symmetric:
+            raise InputError(
+                f"`{name}` assumes a symmetric operator, but it received a non-symmetric one "
+                "(in fixed_point_hypergrad, I - ∂T/∂θ is symmetric only when the update map "
+                "is a gradient step). A symmetric solver would return a wrong answer here. "
+                f"Use a solver for general systems: {_GENERAL}; or, if the update map T is "
+                "a gradient step θ - α∇f, say so with fixed_point_hypergrad(..., "
+                "symmetric=True)."
+            )
+        if operator.batch_size is not None and not self.supports_batch:
+            raise InputError(
+                f"`{name}` solves one system at a time, but it received {operator.batch_size} "
+                "independent systems (from torch.func.vmap or batched=True). Use a solver "
+                f"that solves a batch with one residual per system: {_BATCHED}; or loop over "
+                "the problems."
+            )
 
     @abc.abstractmethod
     def solve(
@@ -129,9 +199,10 @@ def rhs_norm(b: torch.Tensor, *, solver: str) -> float:
     """$\\lVert b\\rVert$ with one host sync, raising `SolverError` if `b` holds NaN/Inf.
 
     A norm is finite exactly when every entry is (short of overflow), so the finiteness
-    check costs no second synchronization.
+    check costs no second synchronization. For a batch `(B, n)` it is the largest row norm.
     """
-    norm = float(torch.linalg.vector_norm(b))
+    norms = torch.linalg.vector_norm(b, dim=-1)
+    norm = float(norms.max()) if b.dim() > 1 else float(norms)
     if not math.isfinite(norm):
         check_finite(b, solver=solver, what="the right-hand side", iteration=0)
         raise SolverError(
@@ -141,29 +212,24 @@ def rhs_norm(b: torch.Tensor, *, solver: str) -> float:
     return norm
 
 
-def resolve_solver(solver: AbstractSolver | str | None, *, call: str) -> AbstractSolver:
-    """Turn the `solver=` argument of a public call into a solver object."""
-    if isinstance(solver, AbstractSolver):
-        return solver
-    from .cg import CG
-    from .exact import Exact
-    from .identity import Identity
-    from .neumann import Neumann
+def true_residual(operator: LinearOperator, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """$\\lVert b - A x\\rVert / \\lVert b\\rVert$ computed with one product (per row for a batch).
 
-    if solver is None:
-        return CG()
-    if isinstance(solver, AbstractSolver):
-        return solver
-    shorthands: dict[str, Callable[[], AbstractSolver]] = {
-        "cg": CG,
-        "neumann": Neumann,
-        "identity": Identity,
-        "exact": Exact,
-    }
-    if isinstance(solver, str) and solver.lower() in shorthands:
-        return shorthands[solver.lower()]()
-    raise InputError(
-        f"`{call}(solver=...)` received {solver!r}. Pass a solver object such as "
-        "ig.CG(max_iter=50, tol=1e-8), ig.Neumann(terms=5, alpha=0.1), ig.Identity() or "
-        f"ig.Exact(), or one of the shorthands {sorted(shorthands)}."
-    )
+    Rows with $b = 0$ report 0 (their solution is 0).
+    """
+    r = torch.linalg.vector_norm(b - operator.matvec(x), dim=-1)
+    bn = torch.linalg.vector_norm(b, dim=-1)
+    return torch.where(bn > 0, r / torch.where(bn > 0, bn, torch.ones_like(bn)), 0.0)
+
+
+def warn_unreachable_tol(solver: str, tol: float, dtype: torch.dtype) -> None:
+    """Warn when `tol` is below the relative accuracy `dtype` can represent."""
+    eps = torch.finfo(dtype).eps
+    if 0 < tol < eps:
+        warn(
+            f"{solver}(tol={tol:.1e}) asks for a relative residual below what {dtype} can "
+            f"reach (machine epsilon {eps:.1e}); the solve will stop at the accuracy the "
+            "dtype allows and report converged=False. Use float64, or tol >= "
+            f"{10 * eps:.0e}.",
+            ConvergenceWarning,
+        )

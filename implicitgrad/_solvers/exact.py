@@ -19,7 +19,7 @@ class Exact(AbstractSolver):
     Builds the $n \\times n$ matrix $A$ column by column from $n$ matrix-vector products
     (batched with `vmap` when possible) and solves $A x = b$ with an LU factorization. The
     cost is $O(n)$ products, $O(n^2)$ memory and $O(n^3)$ time: meant for small problems,
-    references and tests. It works for indefinite (but nonsingular) systems too.
+    references and tests. It works for any nonsingular system: indefinite or non-symmetric ones too.
 
     **Arguments:**
 
@@ -54,6 +54,7 @@ class Exact(AbstractSolver):
     def solve(
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None
     ) -> Solution:
+        self.check_operator(operator)
         if operator.size > self.max_size:
             raise InputError(
                 f"`Exact()` would materialize a {operator.size} x {operator.size} matrix, more "

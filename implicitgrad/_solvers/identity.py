@@ -42,13 +42,18 @@ class Identity(AbstractSolver):
 
     scale: float = 1.0
 
+    supports_batch = True
+
     def __post_init__(self) -> None:
-        if not self.scale > 0:
-            raise InputError(f"`Identity(scale=...)` must be > 0, got {self.scale!r}.")
+        if not (isinstance(self.scale, (int, float)) and 0 < self.scale < float("inf")):
+            raise InputError(
+                f"`Identity(scale=...)` must be a finite float > 0, got {self.scale!r}."
+            )
 
     def solve(
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None
     ) -> Solution:
+        self.check_operator(operator)
         x = self.scale * b
         check_finite(x, solver="Identity", what="the right-hand side", iteration=0)
         return Solution(x, 0, None, None)

@@ -101,6 +101,8 @@ class Nystrom(AbstractSolver):
     seed: int = 0
     compute_residual: bool = False
 
+    requires_symmetric = True
+
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
             raise InputError(f"`Nystrom(rank=...)` must be a positive int, got {self.rank!r}.")
@@ -150,6 +152,7 @@ class Nystrom(AbstractSolver):
     def solve(
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None
     ) -> Solution:
+        self.check_operator(operator)
         b_norm = rhs_norm(b, solver="Nystrom")
         if b_norm == 0.0:
             return Solution(torch.zeros_like(b), 0, 0.0, None)
