@@ -33,7 +33,15 @@ from typing import Any
 
 from ._errors import ImplicitGradError, InputError, warn
 
-__all__ = ["GROUP", "PluginLoadError", "PluginFailure", "available", "load", "errors"]
+__all__ = [
+    "GROUP",
+    "PluginLoadError",
+    "PluginClashError",
+    "PluginFailure",
+    "available",
+    "load",
+    "errors",
+]
 
 GROUP = "implicitgrad.commentaries"
 """The entry-point group searched for plugins."""
@@ -51,7 +59,7 @@ class PluginFailure:
 
     - `name`: the entry-point name.
     - `distribution`: the distribution that registered it (`"<unknown>"` if not known).
-    - `target`: the entry-point value, `"module:attribute"`.
+    - `target`: the entry-point value, `"module:attribute"` (empty for a name clash).
     - `error`: the exception raised while importing it.
     """
 
@@ -68,40 +76,101 @@ def _distribution(ep: EntryPoint) -> str:
     return f"{dist.metadata['Name']} {dist.version}"
 
 
-def _entry_points() -> dict[str, EntryPoint]:
-    # The first registration of a name wins, matching the order of sys.path.
-    found: dict[str, EntryPoint] = {}
+class PluginClashError(ImplicitGradError):
+    """Two or more distributions register a plugin under the same name."""
+
+
+def _registrations() -> dict[str, list[EntryPoint]]:
+    """Every registration of every name. The distributions of implicitgrad itself (such
+    as implicitgrad-commentaries) come first, then the order of `sys.path`: a third-party
+    plugin that takes the name of a built-in one does not hide it."""
+    found: dict[str, list[EntryPoint]] = {}
     for ep in entry_points(group=GROUP):
-        found.setdefault(ep.name, ep)
+        found.setdefault(ep.name, []).append(ep)
+    for eps in found.values():
+        eps.sort(key=lambda ep: not _distribution(ep).startswith("implicitgrad"))
     return found
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {name: eps[0] for name, eps in _registrations().items()}
+
+
+def _import(ep: EntryPoint) -> Any:
+    try:
+        return ep.load()
+    except (Exception, SystemExit) as err:  # a plugin may even call sys.exit at import
+        if isinstance(err, SystemExit):
+            err = PluginLoadError(f"the module called sys.exit({err.code!r}) while importing")
+        raise PluginLoadError(f"{type(err).__name__}: {err}") from err
+
+
+def _resolve(name: str, eps: list[EntryPoint]) -> tuple[Any, list[PluginFailure]]:
+    """The first registration of `name` that imports (or `_MISSING`), and the failures:
+    each registration that fails, and the clash itself when several distributions
+    register the name."""
+    failures: list[PluginFailure] = []
+    loaded: Any = _MISSING
+    winner: EntryPoint | None = None
+    for ep in eps:
+        try:
+            obj = _import(ep)
+        except PluginLoadError as err:
+            cause = err.__cause__ if err.__cause__ is not None else err
+            failures.append(PluginFailure(name, _distribution(ep), ep.value, cause))
+            continue
+        if loaded is _MISSING:
+            loaded, winner = obj, ep
+    if len(eps) > 1:
+        dists = ", ".join(f"{_distribution(ep)} ({ep.value})" for ep in eps)
+        used = f"using {_distribution(winner)}" if winner is not None else "none imports"
+        clash = PluginClashError(
+            f"the plugin name {name!r} is registered by {len(eps)} distributions: {dists}; "
+            f"{used}. Uninstall one of them or ask its authors to rename the plugin."
+        )
+        failures.append(PluginFailure(name, ", ".join(_distribution(ep) for ep in eps), "", clash))
+    return loaded, failures
+
+
+_MISSING = object()
 
 
 def _scan() -> tuple[dict[str, Any], list[PluginFailure]]:
     loaded: dict[str, Any] = {}
     failed: list[PluginFailure] = []
-    for name, ep in sorted(_entry_points().items()):
-        try:
-            loaded[name] = ep.load()
-        except Exception as err:  # a broken plugin must not hide the working ones
-            failed.append(PluginFailure(name, _distribution(ep), ep.value, err))
+    for name, eps in sorted(_registrations().items()):
+        obj, failures = _resolve(name, eps)
+        if obj is not _MISSING:
+            loaded[name] = obj
+        failed.extend(failures)
     return loaded, failed
 
 
 def _warn(failures: list[PluginFailure]) -> None:
     for f in failures:
+        what = "failed to import and is skipped" if f.target else "is ambiguous"
         warn(
-            f"implicitgrad plugin {f.name!r} (from {f.distribution}, {f.target}) failed to "
-            f"import and is skipped: {type(f.error).__name__}: {f.error}",
+            f"implicitgrad plugin {f.name!r} (from {f.distribution}"
+            + (f", {f.target}" if f.target else "")
+            + f") {what}: {type(f.error).__name__}: {f.error}",
             RuntimeWarning,
         )
 
 
-def available() -> list[str]:
+def available(*, warn: bool = True) -> list[str]:
     """Names of the registered plugins that import successfully, sorted.
 
-    Every plugin is imported to check it. Plugins that fail to import are left out, a
+    Every plugin is imported to check it; whatever a plugin's module raises at import
+    (even `SystemExit`) is caught. Plugins that fail to import are left out, a
     `RuntimeWarning` names each of them, and [`errors`][implicitgrad.plugins.errors] lists
-    them with their exceptions.
+    them with their exceptions. A name registered by several distributions is available
+    when one of them imports, the distributions of implicitgrad first; the clash is
+    reported too.
+
+    **Arguments:**
+
+    - `warn`: issue the `RuntimeWarning`s (default `True`); callers that report
+      [`errors`][implicitgrad.plugins.errors] themselves pass `False`.
 
     **Returns:**
 
@@ -115,14 +184,19 @@ def available() -> list[str]:
     ```
     """
     loaded, failed = _scan()
-    _warn(failed)
+    if warn:
+        _warn(failed)
     return sorted(loaded)
 
 
 def errors() -> list[PluginFailure]:
-    """The registered plugins that fail to import.
+    """The registered plugins that fail to import, and the names registered twice.
 
-    One [`PluginFailure`][implicitgrad.plugins.PluginFailure] per plugin.
+    One [`PluginFailure`][implicitgrad.plugins.PluginFailure] per registration that fails
+    to import, and one per name that several distributions register (its `error` is a
+    [`PluginClashError`][implicitgrad.plugins.PluginClashError] that names them, its
+    `target` is empty); such a name may still be available, from the distribution that
+    imports.
 
     **Returns:**
 
@@ -132,7 +206,9 @@ def errors() -> list[PluginFailure]:
 
     ```python
     import implicitgrad as ig
-    assert all(f.name not in ig.plugins.available() for f in ig.plugins.errors())
+    clashes = [f for f in ig.plugins.errors() if not f.target]  # names registered twice
+    for f in clashes:
+        print(f.error)
     ```
     """
     return _scan()[1]
@@ -168,21 +244,22 @@ def load(name: str) -> Any:
         raise InputError(
             f"`implicitgrad.plugins.load(name=...)` expects a string, got {type(name).__name__}."
         )
-    eps = _entry_points()
-    ep = eps.get(name)
-    if ep is None:
-        names = ", ".join(repr(n) for n in sorted(eps)) or "none"
+    registrations = _registrations()
+    eps = registrations.get(name)
+    if not eps:
+        names = ", ".join(repr(n) for n in sorted(registrations)) or "none"
         raise InputError(
             f"`implicitgrad.plugins.load({name!r})`: no plugin of that name is registered in "
             f"the entry-point group {GROUP!r}. Registered plugins: {names}. Install the "
             "distribution that provides it (for the built-in commentaries: "
             "`pip install implicitgrad-commentaries`)."
         )
-    try:
-        return ep.load()
-    except Exception as err:
+    obj, failures = _resolve(name, eps)
+    if obj is _MISSING:
+        first = failures[0]
         raise PluginLoadError(
             f"`implicitgrad.plugins.load({name!r})`: the plugin registered by "
-            f"{_distribution(ep)} as {ep.value!r} failed to import: "
-            f"{type(err).__name__}: {err}"
-        ) from err
+            f"{first.distribution} as {first.target!r} failed to import: "
+            f"{type(first.error).__name__}: {first.error}"
+        ) from first.error
+    return obj

@@ -75,13 +75,13 @@ def test_show_writes_png(capsys: pytest.CaptureFixture[str], learned: Path, tmp_
     [
         (["learn", "nope", "--out", "x"], "unknown commentary 'nope'; installed:"),
         (["learn", "blending"], "the following arguments are required: --out"),
-        (["learn", "blending", "--steps", "-2", "--out", "x"], "expected a positive integer"),
+        (["learn", "blending", "--steps", "-2", "--out", "x"], "expected an integer >= 1"),
         (["learn", "blending", "--solver", "magic", "--out", "x"], "invalid choice: 'magic'"),
         (
             ["learn", "blending", "--dataset", "mnist", "--data-dir", "/nonexistent", "--out", "x"],
             "Nothing is downloaded",
         ),
-        (["train", "--commentary", "/nonexistent"], "no commentary.json"),
+        (["train", "--commentary", "/nonexistent"], "does not exist"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )

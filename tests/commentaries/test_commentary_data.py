@@ -151,9 +151,9 @@ def test_mismatched_checkpoint_gives_a_clear_error(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "commentary.json").read_text())
     meta["dataset"]["classes"] = ["a", "b"]
     (tmp_path / "commentary.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="saved parameters do not fit"):
+    with pytest.raises(CheckpointError, match="weights do not fit"):
         load_commentary(tmp_path)
-    with pytest.raises(CheckpointError, match="no commentary.json"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_commentary(tmp_path / "missing")
 
 

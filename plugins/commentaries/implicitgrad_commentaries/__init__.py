@@ -1,7 +1,9 @@
 """*Teaching with Commentaries* (Raghu et al., ICLR 2021) as implicitgrad plugins.
 
-A commentary is learned meta-information that changes how a student trains. This package
-provides the commentary contract
+A commentary is learned meta-information that changes how a student trains. The package
+has four parts: `commentaries` (the contract and the built-in plugins), `datasets` (data
+sets and readers), `learning` (learning, reusing, saving and loading a commentary) and
+`cli` (the command line). It provides the commentary contract
 ([`AbstractCommentary`][implicitgrad_commentaries.AbstractCommentary]),
 two commentaries registered as implicitgrad plugins (`weighting`, `blending`), a learner
 for their parameters (Algorithm 1 through `implicitgrad.unroll`, Algorithm 2 through
@@ -12,19 +14,22 @@ fresh students, datasets, and the `commentaries` command line.
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-from ._base import AbstractCommentary as AbstractCommentary
-from ._base import DataSpec as DataSpec
-from .blending import BlendingCommentary as BlendingCommentary
-from .checkpoint import load_commentary as load_commentary
-from .checkpoint import save_commentary as save_commentary
-from .learn import Implicit as Implicit
-from .learn import LearnHistory as LearnHistory
-from .learn import Unroll as Unroll
-from .learn import learn as learn
-from .masks import MaskCommentary as MaskCommentary
-from .train import TrainConfig as TrainConfig
-from .train import train_student as train_student
-from .weighting import WeightingCommentary as WeightingCommentary
+from .commentaries.base import AbstractCommentary as AbstractCommentary
+from .commentaries.base import DataSpec as DataSpec
+from .commentaries.blending import BlendingCommentary as BlendingCommentary
+from .commentaries.masks import MaskCommentary as MaskCommentary
+from .commentaries.weighting import WeightingCommentary as WeightingCommentary
+
+# The module `learn` is imported before the function of that name is bound here, so that
+# a later `import implicitgrad_commentaries.learn` does not replace the function.
+from .learn import learn as learn  # noqa: E402, I001
+from .learning.checkpoint import load_commentary as load_commentary
+from .learning.checkpoint import save_commentary as save_commentary
+from .learning.learner import Implicit as Implicit
+from .learning.learner import LearnHistory as LearnHistory
+from .learning.learner import Unroll as Unroll
+from .learning.reuse import TrainConfig as TrainConfig
+from .learning.reuse import train_student as train_student
 
 try:
     __version__ = _version("implicitgrad-commentaries")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .cli import main as cli_main
+from .cli.main import main as cli_main
 
 __all__ = ["main"]
 

@@ -12,10 +12,16 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from ._base import AbstractCommentary  # noqa: E402
-from .data import Dataset  # noqa: E402
+from .commentaries.base import AbstractCommentary  # noqa: E402
+from .datasets.splits import Dataset  # noqa: E402
 
-__all__ = ["plot_commentary", "difficulty", "weights_over_training"]
+__all__ = [
+    "plot_commentary",
+    "plot_weights",
+    "plot_blending",
+    "difficulty",
+    "weights_over_training",
+]
 
 
 def difficulty(data: Dataset) -> np.ndarray:
@@ -47,7 +53,9 @@ def weights_over_training(
     return ts, w
 
 
-def _weighting(commentary: AbstractCommentary, data: Dataset, out: Path) -> list[Path]:
+def plot_weights(commentary: AbstractCommentary, data: Dataset, out: Path) -> Path:
+    """Write `weights.png`: a weighting commentary's mean weight over training, by class and
+    by example difficulty."""
     ts, w = weights_over_training(commentary, data)
     y = data.train.y.numpy()
     hard = difficulty(data)
@@ -75,10 +83,11 @@ def _weighting(commentary: AbstractCommentary, data: Dataset, out: Path) -> list
     path = out / "weights.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return [path]
+    return path
 
 
-def _blending(commentary: AbstractCommentary, out: Path) -> list[Path]:
+def plot_blending(commentary: AbstractCommentary, out: Path) -> Path:
+    """Write `blending.png`: a heat map of a blending commentary's share $1 - \\lambda$."""
     lam = commentary.proportions().numpy()  # type: ignore[operator]
     names = commentary.spec.classes
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -96,7 +105,7 @@ def _blending(commentary: AbstractCommentary, out: Path) -> list[Path]:
     path = out / "blending.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return [path]
+    return path
 
 
 def plot_commentary(
@@ -104,13 +113,16 @@ def plot_commentary(
 ) -> list[Path]:
     """Write PNG plots of a learned commentary into the folder `out`.
 
+    The commentary draws itself ([`plot`][implicitgrad_commentaries.AbstractCommentary.plot]),
+    on the CPU:
+
     - weighting: the mean weight over training by class and by example difficulty
       (`weights.png`);
     - blending: a heatmap of the learned blending share $1 - \\lambda$ for every class
       pair, with class names (`blending.png`);
     - masks: test images with their masks overlaid (`masks.png`).
 
-    Other plugins get no plots (an empty list).
+    A plugin that does not override `plot` gets no plots (an empty list).
 
     **Returns:**
 
@@ -118,13 +130,4 @@ def plot_commentary(
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    if commentary.name == "weighting":
-        return _weighting(commentary, data, folder)
-    if commentary.name == "blending":
-        return _blending(commentary, folder)
-    if commentary.name == "masks":
-        from .masks import plot_masks
-
-        split = data.test
-        return [plot_masks(commentary, split.x, folder, getattr(split, "centre", None))]
-    return []
+    return commentary.to("cpu").plot(data.to("cpu"), folder)

@@ -1,0 +1,465 @@
+"""Learn a commentary's parameters: through training (Algorithm 1) or implicitly (Algorithm 2)."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import implicitgrad as ig
+from implicitgrad import InputError, SolverError
+
+from ..commentaries.base import AbstractCommentary
+from ..commentaries.students import make_student
+from ..datasets.splits import Dataset, Split
+
+__all__ = [
+    "Unroll",
+    "Implicit",
+    "LearnHistory",
+    "learn",
+    "losses",
+    "unrolled_hypergrad",
+    "METHODS",
+]
+
+METHODS = ("unroll", "ift")
+
+
+@dataclass(frozen=True)
+class Unroll:
+    """Algorithm 1 of *Teaching with Commentaries*: backpropagation through training.
+
+    Every meta-step re-initializes the student from the same initial weights
+    $\\theta_0$, takes `inner_steps` differentiable optimizer steps on the commentary's
+    training loss with [`ig.unroll`][implicitgrad.unroll], and differentiates the student's
+    plain validation loss after them with respect to $\\phi$. Memory grows with
+    `inner_steps`.
+
+    **Arguments:**
+
+    - `inner_steps`: $N$, the student steps per meta-step (default `20`).
+    - `student_lr`: the student's learning rate (default `0.1`).
+    - `optimizer`: `"sgd"` (with momentum 0.9, default) or `"adam"`; the paper uses Adam.
+    """
+
+    inner_steps: int = 20
+    student_lr: float = 0.1
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inner_steps, int) or self.inner_steps < 1:
+            raise InputError(
+                f"`Unroll(inner_steps=...)` must be an int >= 1, got {self.inner_steps!r}."
+            )
+        if not self.student_lr > 0:
+            raise InputError(f"`Unroll(student_lr=...)` must be > 0, got {self.student_lr!r}.")
+        if self.optimizer not in ("sgd", "adam"):
+            raise InputError(
+                f"`Unroll(optimizer=...)` must be 'sgd' or 'adam', got {self.optimizer!r}."
+            )
+
+    def make_optimizer(self) -> Any:
+        """The differentiable student optimizer (`ig.SGD` or `ig.Adam`) for `ig.unroll`."""
+        if self.optimizer == "adam":
+            return ig.Adam(lr=self.student_lr)
+        return ig.SGD(lr=self.student_lr, momentum=0.9)
+
+
+@dataclass(frozen=True)
+class Implicit:
+    """Algorithm 2 of *Teaching with Commentaries*: implicit differentiation during training.
+
+    The student trains normally (SGD with momentum 0.9); after each of its steps one
+    hyper-step computes, on one training and one validation batch,
+
+    $$\\frac{\\mathrm{d}L_V}{\\mathrm{d}\\phi} \\approx -\\frac{\\partial^2 L_T}{\\partial\\phi
+    \\,\\partial\\theta}\\, H^{-1} \\frac{\\partial L_V}{\\partial\\theta}$$
+
+    with [`ig.hypergrad`][implicitgrad.hypergrad] and any solver for $H^{-1}v$. The paper's
+    estimator is `Neumann(terms=1, alpha=student_lr)` (the default). Every
+    `student_steps` steps the student is re-initialized, so that $\\phi$ sees every phase
+    of training; the normalized iteration given to the commentary is the position inside
+    that run.
+
+    **Arguments:**
+
+    - `solver`: an `ig.AbstractSolver` or a shorthand (`"cg"`, `"neumann"`, `"identity"`,
+      `"exact"`); `None` (default) is `ig.Neumann(terms=1, alpha=student_lr)`.
+    - `student_lr`: the student's learning rate (default `0.1`).
+    - `student_steps`: the length of one student run before re-initialization (default
+      `500`).
+    """
+
+    solver: ig.AbstractSolver | str | None = None
+    student_lr: float = 0.1
+    student_steps: int = 500
+
+    def __post_init__(self) -> None:
+        if not self.student_lr > 0:
+            raise InputError(f"`Implicit(student_lr=...)` must be > 0, got {self.student_lr!r}.")
+        if not isinstance(self.student_steps, int) or self.student_steps < 1:
+            raise InputError(
+                f"`Implicit(student_steps=...)` must be an int >= 1, got {self.student_steps!r}."
+            )
+
+    def resolved_solver(self) -> ig.AbstractSolver | str:
+        """`solver`, with `None` replaced by the paper's one-term Neumann series."""
+        return ig.Neumann(terms=1, alpha=self.student_lr) if self.solver is None else self.solver
+
+
+@dataclass
+class LearnHistory:
+    """What happened while learning a commentary.
+
+    **Fields:**
+
+    - `method`: `"unroll"` or `"ift"`.
+    - `val_loss`: the student's validation loss at every meta-step.
+    - `hypergrad_norm`: $\\lVert \\mathrm{d}L_V/\\mathrm{d}\\phi\\rVert$ at every meta-step
+      (`nan` where the step was skipped).
+    - `skipped`: meta-steps skipped because the linear solver failed (e.g. CG met negative
+      curvature of a non-convex student), with the first error message in `first_error`.
+    - `not_converged`: meta-steps whose iterative solve stopped before its tolerance (a
+      `ConvergenceWarning`; one summary warning is issued at the end), with the first
+      message in `first_warning`.
+    - `diverged_at`: the meta-step after which $\\phi$ stopped being finite (learning
+      stops there), or `None`.
+    - `seconds`: wall-clock time.
+    """
+
+    method: str
+    val_loss: list[float] = field(default_factory=list)
+    hypergrad_norm: list[float] = field(default_factory=list)
+    skipped: int = 0
+    first_error: str | None = None
+    not_converged: int = 0
+    first_warning: str | None = None
+    diverged_at: int | None = None
+    seconds: float = 0.0
+
+    def failure(self, steps: int, max_skipped: float = 0.5) -> str | None:
+        """Why this run did not learn a usable commentary, or `None` when it did.
+
+        A run fails when $\\phi$ became non-finite, or when more than `max_skipped` of its
+        `steps` meta-steps were skipped because the linear solver failed.
+        """
+        if self.diverged_at is not None:
+            return (
+                f"the commentary's parameters became NaN or infinite at meta-step "
+                f"{self.diverged_at + 1} of {steps} (the meta or student learning rate is "
+                "too large for this problem)"
+            )
+        if self.skipped > max_skipped * steps:
+            return (
+                f"{self.skipped} of {steps} meta-steps failed and were skipped, so the "
+                f"commentary is essentially unlearned; first failure: {self.first_error}"
+            )
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "val_loss": self.val_loss,
+            "hypergrad_norm": self.hypergrad_norm,
+            "skipped": self.skipped,
+            "first_error": self.first_error,
+            "not_converged": self.not_converged,
+            "first_warning": self.first_warning,
+            "diverged_at": self.diverged_at,
+            "seconds": self.seconds,
+        }
+
+
+def _batch(split: Split, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randint(len(split), (min(size, len(split)),), generator=gen)
+    idx = idx.to(split.y.device)
+    return split.x[idx], split.y[idx]
+
+
+def _norm(tree: dict[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float((t.detach() ** 2).sum()) for t in tree.values()))
+
+
+def _meta_step(opt: torch.optim.Optimizer, phi: dict[str, torch.Tensor], hg: dict) -> None:
+    opt.zero_grad(set_to_none=True)
+    for name, p in phi.items():
+        p.grad = hg[name].to(p.dtype)
+    opt.step()
+
+
+def learn(
+    commentary: AbstractCommentary,
+    data: Dataset,
+    method: Unroll | Implicit | str | None = None,
+    *,
+    student: str = "mlp",
+    steps: int = 200,
+    meta_lr: float | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    callback: Callable[[int, float], None] | None = None,
+    device: str | torch.device | None = None,
+) -> LearnHistory:
+    """Fit the commentary's parameters $\\phi$ to a student's validation loss, in place.
+
+    **Arguments:**
+
+    - `commentary`: any [`AbstractCommentary`][implicitgrad_commentaries.AbstractCommentary]
+      with `is_learnable`.
+    - `data`: the [`Dataset`][implicitgrad_commentaries.data.Dataset]; the outer loss is the
+      student's plain cross-entropy on its validation split.
+    - `method`: [`Unroll`][implicitgrad_commentaries.learn.Unroll] (Algorithm 1),
+      [`Implicit`][implicitgrad_commentaries.learn.Implicit] (Algorithm 2), `"unroll"` or
+      `"ift"` for their defaults, or `None` for the commentary's `default_method`.
+    - `student`: the student architecture used while learning (see
+      [`make_student`][implicitgrad_commentaries.models.make_student]).
+    - `steps`: meta-steps (outer updates of $\\phi$).
+    - `meta_lr`: the Adam step on $\\phi$ (default: the commentary's `default_meta_lr`).
+    - `batch_size`: training (and validation) batch size.
+    - `seed`: seeds the student initialization, the batches and the commentary's randomness.
+    - `callback`: called as `callback(step, val_loss)` after every meta-step (progress bars).
+    - `device`: where the students, the commentary and the batches live (default: the
+      device of `data`); the commentary is moved there in place.
+
+    **Returns:**
+
+    A [`LearnHistory`][implicitgrad_commentaries.learn.LearnHistory].
+
+    **Example:**
+
+    ```python
+    from implicitgrad_commentaries import BlendingCommentary, learn
+    from implicitgrad_commentaries.data import load_digits_dataset
+    data = load_digits_dataset()
+    c = BlendingCommentary(data.spec)
+    history = learn(c, data, "ift", steps=5)
+    print(history.val_loss[-1])
+    ```
+    """
+    if not commentary.is_learnable:
+        raise InputError(
+            f"`learn(commentary=...)`: {type(commentary).__name__} with config "
+            f"{commentary.config} is a fixed control and cannot be learned."
+        )
+    if commentary.spec != data.spec:
+        raise InputError(
+            f"`learn`: the commentary was built for {commentary.spec} but the data is "
+            f"{data.spec}. Build the commentary with data.spec."
+        )
+    if method is None:
+        method = commentary.default_method
+    if method == "unroll":
+        method = Unroll()
+    elif method == "ift":
+        method = Implicit()
+    if not isinstance(method, (Unroll, Implicit)):
+        raise InputError(
+            f"`learn(method=...)` must be Unroll(...), Implicit(...), 'unroll' or 'ift', got "
+            f"{method!r}."
+        )
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError(f"`learn(steps=...)` must be an int >= 1, got {steps!r}.")
+    device = data.device if device is None else torch.device(device)
+    data = data.to(device)
+    commentary.to(device)
+    # Batches are drawn on the CPU from a CPU generator, so that a seed gives the same
+    # batches on every device.
+    gen = torch.Generator().manual_seed(seed)
+    phi = commentary.phi()
+    if meta_lr is None:
+        meta_lr = commentary.default_meta_lr
+    meta_opt = torch.optim.Adam(phi.values(), lr=meta_lr)
+    history = LearnHistory("unroll" if isinstance(method, Unroll) else "ift")
+    start = time.perf_counter()
+    commentary.train()
+    if isinstance(method, Unroll):
+        step_fn = _unroll_steps(commentary, data, method, student, batch_size, seed, gen)
+    else:
+        step_fn = _implicit_steps(commentary, data, method, student, batch_size, seed, gen)
+    for step in range(steps):
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ig.ConvergenceWarning)
+                val_loss, hg = step_fn(step)
+            _collect(caught, history)
+        except SolverError as err:
+            history.skipped += 1
+            history.first_error = history.first_error or str(err)
+            history.val_loss.append(float("nan"))
+            history.hypergrad_norm.append(float("nan"))
+            continue
+        _meta_step(meta_opt, phi, hg)
+        history.val_loss.append(val_loss)
+        history.hypergrad_norm.append(_norm(hg))
+        if callback is not None:
+            callback(step, val_loss)
+        if not all(bool(torch.isfinite(p).all()) for p in phi.values()):
+            history.diverged_at = step
+            break
+    history.seconds = time.perf_counter() - start
+    if history.not_converged:
+        warnings.warn(
+            f"`learn`: the linear solve stopped before its tolerance in "
+            f"{history.not_converged} of {steps} meta-steps (first: {history.first_warning}). "
+            "The hypergradients are approximate; give the solver more iterations or damping.",
+            ig.ConvergenceWarning,
+            stacklevel=2,
+        )
+    return history
+
+
+def _collect(caught: list[warnings.WarningMessage], history: LearnHistory) -> None:
+    """Count convergence warnings into the history (one summary at the end instead of one
+    per meta-step) and pass every other warning on."""
+    counted = False
+    for w in caught:
+        if issubclass(w.category, ig.ConvergenceWarning):
+            # One count per meta-step, however many warnings its solve issued.
+            history.not_converged += not counted
+            counted = True
+            history.first_warning = history.first_warning or str(w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def losses(
+    commentary: AbstractCommentary,
+    fn: Callable[..., torch.Tensor],
+    batch: tuple[torch.Tensor, torch.Tensor],
+    val_batch: tuple[torch.Tensor, torch.Tensor],
+    progress: float,
+    seed: int,
+    *,
+    l2: float = 0.0,
+) -> tuple[Callable[[Any, Any], torch.Tensor], Callable[[Any, Any], torch.Tensor]]:
+    """The bilevel pair $(L_T, L_V)$ of a commentary for one training and validation batch.
+
+    `inner(θ, φ)` is the commentary's training loss of the student `fn(θ, x)` (plus
+    $\\frac{l_2}{2}\\lVert\\theta\\rVert^2$); its randomness is re-seeded with `seed` on
+    every call, so repeated calls agree. `outer(θ, φ)` is the validation cross-entropy of
+    the student on `commentary.student_inputs(φ, x_val)` (the plain one for most
+    commentaries). Both can be passed to `ig.hypergrad` or `ig.implicit`.
+    """
+    x, y = batch
+    xv, yv = val_batch
+
+    def inner(theta: Any, phi: Any) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        loss = commentary.loss(phi, lambda z: fn(theta, z), x, y, progress, g)
+        if l2:
+            loss = loss + 0.5 * l2 * sum((t**2).sum() for t in theta.values())
+        return loss
+
+    def outer(theta: Any, phi: Any) -> torch.Tensor:
+        return F.cross_entropy(fn(theta, commentary.student_inputs(phi, xv)), yv)
+
+    return inner, outer
+
+
+def unrolled_hypergrad(
+    commentary: AbstractCommentary,
+    fn: Callable[..., torch.Tensor],
+    theta0: dict[str, torch.Tensor],
+    batches: list[tuple[torch.Tensor, torch.Tensor, int]],
+    optimizer: Any,
+    val: Split,
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """Algorithm 1 for one meta-step: $\\mathrm{d}L_V(\\theta_N(\\phi))/\\mathrm{d}\\phi$.
+
+    Trains the student `fn` from `theta0` for one step per batch `(x, y, seed)` with
+    [`ig.unroll`][implicitgrad.unroll] and `optimizer` (an `ig.AbstractOptimizer`), and
+    differentiates the validation cross-entropy on `val` back to the commentary's
+    parameters.
+
+    **Returns:**
+
+    `(validation loss, hypergradient)`, the hypergradient keyed like `commentary.phi()`.
+    """
+    phi = {k: v.detach().requires_grad_(True) for k, v in commentary.phi().items()}
+    n = len(batches)
+
+    def train_loss(theta: Any, phi_: Any, batch: tuple, k: int) -> torch.Tensor:
+        x, y, s = batch
+        g = torch.Generator().manual_seed(s)
+        return commentary.loss(phi_, lambda z: fn(theta, z), x, y, k / n, g)
+
+    theta_n = ig.unroll(train_loss, theta0, phi, batches, optimizer)
+    loss = F.cross_entropy(fn(theta_n, commentary.student_inputs(phi, val.x)), val.y)
+    grads = torch.autograd.grad(loss, list(phi.values()), allow_unused=True)
+    hg = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(phi.items(), grads)}
+    return float(loss.detach()), hg
+
+
+def _unroll_steps(
+    commentary: AbstractCommentary,
+    data: Dataset,
+    method: Unroll,
+    arch: str,
+    batch_size: int,
+    seed: int,
+    gen: torch.Generator,
+) -> Callable[[int], tuple[float, dict]]:
+    if not hasattr(ig, "unroll"):
+        raise InputError(
+            "`learn(method=Unroll(...))` needs implicitgrad.unroll, which this implicitgrad "
+            "version does not provide; use method='ift'."
+        )
+    student = make_student(arch, data.spec, seed=seed).to(data.device)
+    fn, theta0 = ig.make_functional(student, detach=True)
+    theta0 = {k: v.detach() for k, v in theta0.items()}
+    optimizer = method.make_optimizer()
+
+    def step(meta_step: int) -> tuple[float, dict]:
+        seeds = torch.randint(2**31 - 1, (method.inner_steps,), generator=gen).tolist()
+        batches = [(*_batch(data.train, batch_size, gen), s) for s in seeds]
+        return unrolled_hypergrad(commentary, fn, theta0, batches, optimizer, data.val)
+
+    return step
+
+
+def _implicit_steps(
+    commentary: AbstractCommentary,
+    data: Dataset,
+    method: Implicit,
+    arch: str,
+    batch_size: int,
+    seed: int,
+    gen: torch.Generator,
+) -> Callable[[int], tuple[float, dict]]:
+    solver = method.resolved_solver()
+    state: dict[str, Any] = {}
+
+    def reset(run: int) -> None:
+        student = make_student(arch, data.spec, seed=seed + run).to(data.device)
+        fn, theta = ig.make_functional(student, detach=True)
+        state["fn"], state["theta"] = fn, theta
+        state["opt"] = torch.optim.SGD(theta.values(), lr=method.student_lr, momentum=0.9)
+
+    def step(meta_step: int) -> tuple[float, dict]:
+        run, k = divmod(meta_step, method.student_steps)
+        if k == 0:
+            reset(run)
+        fn, theta, opt = state["fn"], state["theta"], state["opt"]
+        batch, val_batch = _batch(data.train, batch_size, gen), _batch(data.val, batch_size, gen)
+        batch_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+        inner, outer = losses(
+            commentary, fn, batch, val_batch, k / method.student_steps, batch_seed
+        )
+        phi = {n: p.detach() for n, p in commentary.phi().items()}
+        opt.zero_grad(set_to_none=True)
+        inner(theta, phi).backward()
+        opt.step()
+        # Algorithm 2 takes a single student step per hyper-step, so θ is not stationary.
+        hg = ig.hypergrad(inner, outer, theta, phi, solver=solver, stationarity_tol=None)
+        with torch.no_grad():
+            val = float(outer(theta, phi))
+        return val, hg
+
+    return step
