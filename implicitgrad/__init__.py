@@ -8,7 +8,11 @@ from importlib.metadata import version as _version
 
 from . import plugins as plugins
 from . import testing as testing
+from ._adjoint import AbstractAdjoint as AbstractAdjoint
+from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
+from ._adjoint import UnrollAdjoint as UnrollAdjoint
 from ._errors import ConvergenceWarning as ConvergenceWarning
+from ._errors import DivergenceError as DivergenceError
 from ._errors import ImplicitGradError as ImplicitGradError
 from ._errors import InputError as InputError
 from ._errors import SolverError as SolverError
@@ -17,6 +21,9 @@ from ._hypergrad import HypergradInfo as HypergradInfo
 from ._hypergrad import fixed_point_hypergrad as fixed_point_hypergrad
 from ._hypergrad import hypergrad as hypergrad
 from ._implicit import implicit as implicit
+from ._minimize import FixedPointInfo as FixedPointInfo
+from ._minimize import fixed_point as fixed_point
+from ._minimize import minimize as minimize
 from ._module import make_functional as make_functional
 from ._optim import SGD as SGD
 from ._optim import AbstractOptimizer as AbstractOptimizer
@@ -51,6 +58,13 @@ __all__ = [
     "fixed_point_hypergrad",
     "implicit",
     "HypergradInfo",
+    # how to differentiate an inner solution
+    "minimize",
+    "fixed_point",
+    "FixedPointInfo",
+    "AbstractAdjoint",
+    "ImplicitAdjoint",
+    "UnrollAdjoint",
     # solvers
     "AbstractSolver",
     "LinearOperator",
@@ -77,6 +91,7 @@ __all__ = [
     "ImplicitGradError",
     "InputError",
     "SolverError",
+    "DivergenceError",
     "ConvergenceWarning",
     "StationarityWarning",
 ]

@@ -10,6 +10,7 @@ __all__ = [
     "ImplicitGradError",
     "InputError",
     "SolverError",
+    "DivergenceError",
     "ConvergenceWarning",
     "StationarityWarning",
 ]
@@ -32,8 +33,20 @@ class SolverError(ImplicitGradError, RuntimeError):
     """A linear solve failed in a way that would make the hypergradient wrong.
 
     Raised for NaN/Inf appearing during a solve, conjugate-gradient breakdown on an
-    indefinite or singular Hessian ($p^\\top H p \\le 0$), a diverging Neumann series, or a
-    singular dense system. The message carries the numbers and suggests a fix.
+    indefinite or singular Hessian ($p^\\top H p \\le 0$), a BiCGStab breakdown, a diverging
+    Neumann series, or a singular dense system. The message carries the numbers and suggests
+    a fix. Divergence of the inner *training* is the subclass
+    [`DivergenceError`][implicitgrad.DivergenceError].
+    """
+
+
+class DivergenceError(SolverError):
+    """The inner optimization diverged: its loss or parameters became NaN or Inf.
+
+    Raised by [`unroll`][implicitgrad.unroll], [`minimize`][implicitgrad.minimize] and
+    [`fixed_point`][implicitgrad.fixed_point] naming the step where it happened. A subclass
+    of [`SolverError`][implicitgrad.SolverError], so code that catches failed solves catches
+    it too. Lower the learning rate, clip the gradients or rescale the loss.
     """
 
 
@@ -54,6 +67,8 @@ class StationarityWarning(UserWarning):
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Warnings raised in a backward pass run below torch's autograd frames; skip those too.
+_TORCH_DIR = os.path.dirname(os.path.abspath(__import__("torch").__file__))
 
 
 def warn(message: str, category: type[Warning]) -> None:
@@ -64,7 +79,9 @@ def warn(message: str, category: type[Warning]) -> None:
     """
     frame = sys._getframe(0)
     level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        (_PACKAGE_DIR, _TORCH_DIR)
+    ):
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)

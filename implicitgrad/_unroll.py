@@ -13,7 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from ._errors import InputError, SolverError, warn
+from ._errors import DivergenceError, InputError, warn
 from ._optim.base import AbstractOptimizer
 from ._recompute import Checkpoint
 from ._tree import Tree, TreeDef, flatten, leaf_path, unflatten
@@ -166,7 +166,8 @@ def unroll(
     $\\theta_N$ with the structure of `inner_params`, or `(θ_N, info)` with `return_info`.
 
     Raises [`InputError`][implicitgrad.InputError] for zero steps, no batches, or a loss
-    that is not a scalar or is not finite at the start; [`SolverError`][implicitgrad.SolverError]
+    that is not a scalar or is not finite at the start;
+    [`DivergenceError`][implicitgrad.DivergenceError] (a `SolverError`)
     naming the step when the loss or the parameters become NaN/Inf (the training diverged).
     Warns when the trained parameters do not depend on `outer_params` at all (the
     hypergradient is then exactly zero).
@@ -337,13 +338,13 @@ class _Run:
                 f"`{CALL}`: train_loss returned {value} {where}, at the initial inner "
                 "parameters. Check inner_params, outer_params and the first batch."
             )
-        raise SolverError(
+        raise DivergenceError(
             f"`{CALL}`: train_loss became {value} {where}: the unrolled training diverged. "
             "Lower the learning rate, or clip or rescale the loss."
         )
 
-    def diverged(self, t: int) -> SolverError:
-        return SolverError(
+    def diverged(self, t: int) -> DivergenceError:
+        return DivergenceError(
             f"`{CALL}`: the inner parameters became NaN or Inf after step {t} of {self.n}: the "
             "unrolled training diverged. Lower the learning rate or add gradient clipping to "
             "train_loss."
