@@ -13,9 +13,11 @@ from ._errors import InputError, StationarityWarning, warn
 from ._problem import (
     Condition,
     Form,
+    NoDoubleBackward,
     build_condition,
     call_scalar,
     check_finite_leaves,
+    func_condition,
     grad_or_zeros,
 )
 from ._solvers.base import AbstractSolver, Solution
@@ -103,14 +105,23 @@ def solve_adjoint(
     solver: AbstractSolver,
     *,
     x0: torch.Tensor | None = None,
+    specs: tuple[TreeDef, TreeDef] | None = None,
+    call: str = "hypergrad",
 ) -> tuple[list[torch.Tensor], list[bool], Solution]:
     """Solve $A x = v$ and map $x$ to $\\phi$: the implicit part of the hypergradient.
 
     Returns the leaves of $-(\\partial F/\\partial\\phi)^\\top x$ (root form) or
     $+(\\partial T/\\partial\\phi)^\\top x$ (fixed-point form), which φ leaves the condition
-    reached, and the solver's `Solution`.
+    reached, and the solver's `Solution`. Where the condition's graph cannot be
+    differentiated again (a `torch.compile`d loss) the products are formed with torch.func.
     """
-    solution = solver.solve(cond.operator(), v, x0)
+    try:
+        solution = solver.solve(cond.operator(), v, x0)
+    except NoDoubleBackward:
+        if specs is None:
+            raise
+        cond = func_condition(cond, *specs, call=call)
+        solution = solver.solve(cond.operator(), v, x0)
     mixed, used = cond.implicit_part(solution.value)
     return mixed, used, solution
 
@@ -168,7 +179,9 @@ def _compute(
     v = cond.ravel(grads[:n])
     if x0 is not None:
         x0 = _check_warm_start(x0, v, call=call)
-    implicit_part, used_inner, solution = solve_adjoint(cond, v, c.solver, x0=x0)
+    implicit_part, used_inner, solution = solve_adjoint(
+        cond, v, c.solver, x0=x0, specs=(c.theta_spec, c.phi_spec), call=call
+    )
     for i in range(len(phi)):
         if not used_inner[i] and not used_outer[n + i]:
             raise InputError(

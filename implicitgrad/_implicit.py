@@ -57,7 +57,9 @@ def _vjp(
             what="the gradient reaching inner_params",
             error=InputError,
         )
-        parts, used, solution = solve_adjoint(cond, cond.ravel(g), spec.solver)
+        parts, used, solution = solve_adjoint(
+            cond, cond.ravel(g), spec.solver, specs=(spec.theta_spec, spec.phi_spec), call=call
+        )
     if not any(used):
         raise InputError(
             f"`{call}`: {spec.form.name} does not depend on outer_params, so θ* does not depend "

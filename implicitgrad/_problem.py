@@ -31,7 +31,21 @@ from ._errors import ImplicitGradError, InputError
 from ._solvers.base import LinearOperator
 from ._tree import TreeDef, describe, leaf_path, unflatten
 
-__all__ = ["Form", "Condition", "call_scalar", "grad_or_zeros", "check_finite_leaves"]
+__all__ = [
+    "Form",
+    "Condition",
+    "FuncCondition",
+    "NoDoubleBackward",
+    "build_condition",
+    "call_scalar",
+    "grad_or_zeros",
+    "check_finite_leaves",
+]
+
+
+class NoDoubleBackward(Exception):
+    """The condition's graph cannot be differentiated again (a `torch.compile`d loss):
+    the entry points then form the products with torch.func instead."""
 
 
 @dataclass(frozen=True)
@@ -196,13 +210,18 @@ class Condition:
         fixed_point = self.form.fixed_point
 
         def vjp(v: torch.Tensor) -> torch.Tensor:
-            grads = torch.autograd.grad(
-                output,
-                theta,
-                grad_outputs=_split(v, theta, batch),
-                retain_graph=True,
-                allow_unused=True,
-            )
+            try:
+                grads = torch.autograd.grad(
+                    output,
+                    theta,
+                    grad_outputs=_split(v, theta, batch),
+                    retain_graph=True,
+                    allow_unused=True,
+                )
+            except RuntimeError as err:
+                if "double backward" in str(err):
+                    raise NoDoubleBackward(str(err)) from err
+                raise
             return _flat(
                 [torch.zeros_like(t) if g is None else g for g, t in zip(grads, theta)], batch
             )
@@ -323,3 +342,75 @@ def build_condition(
     if stationarity != stationarity or stationarity == float("inf"):
         check_finite_leaves(output, theta_spec, call=call, what=what, error=InputError)
     return Condition(form, output, theta, phi, stationarity, batch_size, norms if batched else None)
+
+
+class FuncCondition(Condition):
+    """The condition with its products formed by `torch.func` instead of a reused graph.
+
+    `torch.compile`d functions have a backward that autograd cannot differentiate again
+    (AOTAutograd), but `torch.func.grad` and `torch.func.vjp` trace through them; so a
+    compiled loss is linearized once with `torch.func.vjp` of its gradient (or of the update
+    map), and every product applies that linearization. Slower than the graph-reusing path,
+    which stays the default.
+    """
+
+    def _fn(self, theta_spec: TreeDef, phi_spec: TreeDef):
+        form = self.form
+
+        def condition(theta: list[torch.Tensor], phi: list[torch.Tensor]) -> list[torch.Tensor]:
+            if form.fixed_point:
+                out = form.fn(unflatten(theta_spec, theta), unflatten(phi_spec, phi))
+                return list(pytree.tree_leaves(out))
+
+            def loss(th: list[torch.Tensor]) -> torch.Tensor:
+                return form.fn(unflatten(theta_spec, th), unflatten(phi_spec, phi))
+
+            return list(torch.func.grad(loss)(theta))
+
+        return condition
+
+    def setup(self, theta_spec: TreeDef, phi_spec: TreeDef) -> None:
+        condition = self._fn(theta_spec, phi_spec)
+        theta = [t.detach() for t in self.theta]
+        phi = [p.detach() for p in self.phi]
+        _, self._vjp_theta = torch.func.vjp(lambda th: condition(th, phi), theta)
+        _, self._vjp_phi = torch.func.vjp(lambda ph: condition(theta, ph), phi)
+
+    def operator(self) -> LinearOperator:
+        theta, fixed_point = self.theta, self.form.fixed_point
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            (out,) = self._vjp_theta(_split(v, theta, None))
+            jv = _flat(out, None)
+            return v - jv if fixed_point else jv
+
+        first = theta[0]
+        return LinearOperator(
+            matvec=matvec,
+            size=sum(t.numel() for t in theta),
+            dtype=first.dtype,
+            device=first.device,
+            symmetric=self.form.symmetric,
+        )
+
+    def implicit_part(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[bool]]:
+        (mixed,) = self._vjp_phi(self.unravel(x))
+        mixed = list(mixed)
+        if not self.form.fixed_point:
+            mixed = [-m for m in mixed]
+        # torch.func reports unused inputs as zeros: every leaf counts as reached.
+        return mixed, [True] * len(mixed)
+
+
+def func_condition(cond: Condition, theta_spec: TreeDef, phi_spec: TreeDef, *, call: str):
+    """`cond` with its products formed by torch.func (for losses autograd cannot
+    differentiate twice)."""
+    if cond.batch_size is not None:
+        raise InputError(
+            f"`{call}`: {cond.form.name} cannot be differentiated twice by autograd (a "
+            "torch.compile'd function?), and the torch.func fallback solves one problem at a "
+            "time. Loop over the problems, or pass the uncompiled function."
+        )
+    out = FuncCondition(cond.form, cond.output, cond.theta, cond.phi, cond.stationarity, None, None)
+    out.setup(theta_spec, phi_spec)
+    return out

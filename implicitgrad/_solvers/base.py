@@ -228,8 +228,8 @@ def warn_unreachable_tol(solver: str, tol: float, dtype: torch.dtype) -> None:
     if 0 < tol < eps:
         warn(
             f"{solver}(tol={tol:.1e}) asks for a relative residual below what {dtype} can "
-            f"reach (machine epsilon {eps:.1e}); the solve will stop at the accuracy the "
-            "dtype allows and report converged=False. Use float64, or tol >= "
+            f"reach (machine epsilon {eps:.1e}); the solve cannot meet it and will report "
+            "converged=False with its true residual. Use float64, or tol >= "
             f"{10 * eps:.0e}.",
             ConvergenceWarning,
         )
