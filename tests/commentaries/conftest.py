@@ -41,3 +41,6 @@ _register_when_not_installed()
 @pytest.fixture
 def tiny() -> Dataset:
     return make_tiny()
+
+
+pytest.register_assert_rewrite("cli_helpers")

@@ -202,7 +202,7 @@ def prepare_learn(args: argparse.Namespace) -> Work:
         bar.close()
         failure = history.failure(args.steps)
         if failure is not None or _non_finite(commentary):
-            failure = failure or "the commentary's parameters are NaN or infinite"
+            failure = (failure or "the commentary's parameters are NaN or infinite").rstrip(".")
             kept = "the commentary already there is kept" if out.exists() else "nothing saved"
             raise WorkError(
                 f"learning failed: {failure}. {_advice(args, method, history)} ({kept})"
@@ -236,14 +236,14 @@ def prepare_learn(args: argparse.Namespace) -> Work:
 def prepare_train(args: argparse.Namespace) -> Work:
     device = resolve_device(args.device)
     commentary = load_commentary(args.commentary, device=device)
-    dataset = args.dataset or commentary.spec.name
-    data = load_dataset(dataset, args.data_dir)
-    check_compatible(commentary, data.spec, where=f"--commentary {args.commentary}")
-    make_student(args.student, data.spec)
     out = writable_file(
         args.out or str(Path(args.commentary) / f"train-{args.student}.json"), "--out"
     )
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    dataset = args.dataset or commentary.spec.name
+    data = load_dataset(dataset, args.data_dir)
+    check_compatible(commentary, data.spec, where=f"--commentary {args.commentary}")
+    make_student(args.student, data.spec)
 
     def work() -> None:
         conditions: dict[str, Any] = {

@@ -129,8 +129,8 @@ class LearnHistory:
     - `not_converged`: meta-steps whose iterative solve stopped before its tolerance (a
       `ConvergenceWarning`; one summary warning is issued at the end), with the first
       message in `first_warning`.
-    - `diverged_at`: the meta-step after which $\\phi$ stopped being finite (learning
-      stops there), or `None`.
+    - `diverged_at`: the meta-step after which $\\phi$ or the student's validation loss
+      stopped being finite (learning stops there), or `None`.
     - `seconds`: wall-clock time.
     """
 
@@ -152,7 +152,8 @@ class LearnHistory:
         """
         if self.diverged_at is not None:
             return (
-                f"the commentary's parameters became NaN or infinite at meta-step "
+                "the student's validation loss or the commentary's parameters became NaN or "
+                f"infinite at meta-step "
                 f"{self.diverged_at + 1} of {steps} (the meta or student learning rate is "
                 "too large for this problem)"
             )
@@ -300,7 +301,8 @@ def learn(
         history.hypergrad_norm.append(_norm(hg))
         if callback is not None:
             callback(step, val_loss)
-        if not all(bool(torch.isfinite(p).all()) for p in phi.values()):
+        finite_phi = all(bool(torch.isfinite(p).all()) for p in phi.values())
+        if not (finite_phi and math.isfinite(val_loss)):
             history.diverged_at = step
             break
     history.seconds = time.perf_counter() - start
