@@ -1,7 +1,7 @@
 """Demo: learn a blending commentary on digits and reuse it on students of another architecture.
 
 ```text
-python -m implicitgrad_commentaries.demo [--out DIR] [--seeds 3] [--quiet]
+python -m implicitgrad_commentaries.demo [--out DIR] [--seeds 3] [--device auto] [--quiet]
 ```
 
 1. Learns the blending matrix $M$ on scikit-learn's digits with an MLP student, by implicit
@@ -34,11 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m implicitgrad_commentaries.demo")
     parser.add_argument("--out", help="folder for the commentary and metrics (default: temp)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="students per condition")
     parser.add_argument("--steps", type=int, default=1500, help="student training steps")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    device = ["--device", args.device]
     out = args.out or tempfile.mkdtemp(prefix="commentary-demo-")
     quiet = ["--quiet"] if args.quiet else []
     start = time.perf_counter()
@@ -46,14 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = cli_main(
         [*quiet, "learn", "blending", "--dataset", "digits", "--method", "ift"]
         + ["--solver", "neumann", "--neumann-terms", "1", "--student", "mlp"]
-        + ["--steps", "300", "--seed", "0", "--out", out]
+        + ["--steps", "300", "--seed", "0", "--out", out, "--overwrite", *device]
     )
     if status:
         return status
     print(f"\n2. reusing it (reloaded from {out}) on fresh CNN students, {args.seeds} seeds")
     status = cli_main(
         [*quiet, "train", "--commentary", out, "--student", "cnn"]
-        + ["--seeds", str(args.seeds), "--steps", str(args.steps)]
+        + ["--seeds", str(args.seeds), "--steps", str(args.steps), *device]
     )
     if status:
         return status
