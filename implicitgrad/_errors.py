@@ -79,9 +79,19 @@ def warn(message: str, category: type[Warning]) -> None:
     """
     frame = sys._getframe(0)
     level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
-        (_PACKAGE_DIR, _TORCH_DIR)
-    ):
+    while frame is not None and _is_internal(frame.f_code.co_filename):
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)
+
+
+_INTERNAL: dict[str, bool] = {}
+
+
+def _is_internal(filename: str) -> bool:
+    known = _INTERNAL.get(filename)
+    if known is None:
+        known = _INTERNAL[filename] = os.path.abspath(filename).startswith(
+            (_PACKAGE_DIR, _TORCH_DIR)
+        )
+    return known

@@ -9,7 +9,7 @@ from typing import Any, Literal, overload
 import torch
 
 from ._batching import Batch, under_transform, vmap_rule
-from ._errors import InputError, StationarityWarning, warn
+from ._errors import InputError, SolverError, StationarityWarning, warn
 from ._problem import (
     Condition,
     Form,
@@ -145,7 +145,6 @@ def _compute(
 ) -> tuple[list[torch.Tensor], HypergradInfo]:
     call, form = c.call, c.form
     size = None if c.batch is None else c.batch.size
-    check_inputs(theta_leaves, phi_leaves, c.theta_spec, c.phi_spec, call=call)
     theta = [t.detach().requires_grad_(True) for t in theta_leaves]
     phi = [p.detach().requires_grad_(True) for p in phi_leaves]
     with torch.enable_grad():
@@ -168,20 +167,25 @@ def _compute(
             "no part in the hypergradient. Check that outer_loss uses its first argument "
             "(the inner parameters)."
         )
-    check_finite_leaves(
-        grads[:n],
-        c.theta_spec,
-        call=call,
-        what="the gradient of outer_loss w.r.t. inner_params",
-        error=InputError,
-    )
     check_stationarity(call, cond, c.stationarity_tol)
     v = cond.ravel(grads[:n])
     if x0 is not None:
         x0 = _check_warm_start(x0, v, call=call)
-    implicit_part, used_inner, solution = solve_adjoint(
-        cond, v, c.solver, x0=x0, specs=(c.theta_spec, c.phi_spec), call=call
-    )
+    try:
+        implicit_part, used_inner, solution = solve_adjoint(
+            cond, v, c.solver, x0=x0, specs=(c.theta_spec, c.phi_spec), call=call
+        )
+    except SolverError:
+        # Name the culprit where the inputs explain the failure (no cost when all is well).
+        check_inputs(theta, phi, c.theta_spec, c.phi_spec, call=call)
+        check_finite_leaves(
+            grads[:n],
+            c.theta_spec,
+            call=call,
+            what="the gradient of outer_loss w.r.t. inner_params",
+            error=InputError,
+        )
+        raise
     for i in range(len(phi)):
         if not used_inner[i] and not used_outer[n + i]:
             raise InputError(
@@ -196,9 +200,24 @@ def _compute(
             "argument (the outer parameters)."
         )
     hg = [(d + m).detach() for d, m in zip(grads[n:], implicit_part)]
-    check_finite_leaves(
-        hg, c.phi_spec, call=call, what="the hypergradient w.r.t. outer_params", error=InputError
-    )
+    try:
+        check_finite_leaves(
+            hg,
+            c.phi_spec,
+            call=call,
+            what="the hypergradient w.r.t. outer_params",
+            error=InputError,
+        )
+    except InputError:
+        check_inputs(theta, phi, c.theta_spec, c.phi_spec, call=call)
+        check_finite_leaves(
+            grads[n:],
+            c.phi_spec,
+            call=call,
+            what="the gradient of outer_loss w.r.t. outer_params",
+            error=InputError,
+        )
+        raise
     info = HypergradInfo(
         solver=c.solver,
         iterations=solution.iterations,

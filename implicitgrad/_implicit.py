@@ -110,6 +110,15 @@ class _ImplicitFn(torch.autograd.Function):
             info, in_dims[2:], leaves, spec, lambda s, xs: _ImplicitFn.apply(s, n, *xs)
         )
 
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        raise InputError(
+            f"`{ctx.spec.call}`: forward-mode differentiation (torch.func.jvp, jacfwd, hessian) "
+            "through the implicit solution is not supported. Use reverse mode: "
+            "torch.func.jacrev, or torch.autograd.grad(..., create_graph=True) twice for "
+            "second derivatives."
+        )
+
 
 def _check_second_order(spec: _Spec) -> None:
     if spec.form.fixed_point or spec.batch is not None or under_transform():

@@ -20,6 +20,7 @@ are independent the summed condition's products are block diagonal: one graph se
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,15 @@ class Form:
 
 
 def _wrap_user_error(call: str, fn_name: str, err: Exception, theta: Any, phi: Any) -> InputError:
+    if "wrapper == nullptr" in str(err) or "inside of a function being transformed" in str(err):
+        # The Functions that run the solves see plain tensors; a tensor captured from an
+        # enclosing torch.func transform (per-problem data in a closure) is not one.
+        return InputError(
+            f"`{call}`: {fn_name} uses a tensor that an enclosing torch.func transform maps "
+            "over (per-problem data captured in a closure, under vmap). The solve runs below "
+            "the transform and cannot see it. Pass such data through outer_params (for "
+            "example as a dict entry) or inner_params instead of capturing it."
+        )
     return InputError(
         f"`{call}`: calling {fn_name}(inner_params, outer_params) raised "
         f"{type(err).__name__}: {err}. Check that inner_params and outer_params have the "
@@ -137,8 +147,11 @@ def check_finite_leaves(
     """Raise `error` naming the first leaf of `leaves` that holds NaN or Inf (one host sync)."""
     if not leaves:
         return
-    total = torch.stack([leaf.detach().sum() for leaf in leaves]).sum()
-    if bool(torch.isfinite(total)):
+    if len(leaves) == 1:
+        total = float(leaves[0].detach().sum())
+    else:
+        total = float(torch.stack([leaf.detach().sum() for leaf in leaves]).sum())
+    if math.isfinite(total):
         return
     for i, leaf in enumerate(leaves):
         if not bool(torch.isfinite(leaf.detach()).all()):
@@ -216,15 +229,13 @@ class Condition:
                     theta,
                     grad_outputs=_split(v, theta, batch),
                     retain_graph=True,
-                    allow_unused=True,
+                    materialize_grads=True,
                 )
             except RuntimeError as err:
                 if "double backward" in str(err):
                     raise NoDoubleBackward(str(err)) from err
                 raise
-            return _flat(
-                [torch.zeros_like(t) if g is None else g for g, t in zip(grads, theta)], batch
-            )
+            return _flat(grads, batch)
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
             return v - vjp(v) if fixed_point else vjp(v)
@@ -316,7 +327,6 @@ def build_condition(
         output = list(leaves)
         gap = [(o - t).detach() for o, t in zip(output, theta)]
         what = "update(inner_params, outer_params)"
-        check_finite_leaves(output, theta_spec, call=call, what=what, error=InputError)
     else:
         f = call_scalar(
             form.fn, theta_tree, phi_tree, call=call, fn_name="inner_loss", batched=batched
@@ -339,7 +349,9 @@ def build_condition(
         stationarity = max(values) if values else 0.0
     else:
         stationarity = float(norms)
-    if stationarity != stationarity or stationarity == float("inf"):
+    if not math.isfinite(stationarity):
+        check_finite_leaves(theta, theta_spec, call=call, what="inner_params", error=InputError)
+        check_finite_leaves(phi, phi_spec, call=call, what="outer_params", error=InputError)
         check_finite_leaves(output, theta_spec, call=call, what=what, error=InputError)
     return Condition(form, output, theta, phi, stationarity, batch_size, norms if batched else None)
 

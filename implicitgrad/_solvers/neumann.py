@@ -55,7 +55,9 @@ class Neumann(AbstractSolver):
     term is larger than the term halfway through: the terms are not decaying, and the
     partial sum is not an answer to stand behind. Both raise
     [`SolverError`][implicitgrad.SolverError] naming the term: lower `alpha`, use more terms,
-    or use CG (symmetric) or GMRES (general).
+    or use CG (symmetric) or GMRES (general). A divergence whose growing mode is still smaller
+    than the decaying ones at the last term cannot be seen in the norms: where in doubt, pass
+    `compute_residual=True` (the true residual of the partial sum) or use GMRES.
 
     **Example:**
 
