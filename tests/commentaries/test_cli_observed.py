@@ -75,6 +75,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Resu
     kept = saved_blending(tmp / "kept")
     plugins = _plugins(tmp / "plugins")
     _make_readonly(trainable)
+    KEPT["path"], KEPT["huge"] = kept, tmp / "huge"
     try:
         yield run_many(
             {
@@ -104,7 +105,6 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Resu
                 "version": (["--version"], ()),
             }
         )
-        KEPT["path"], KEPT["huge"] = kept, tmp / "huge"
     finally:
         _undo_readonly(readonly)
         _undo_readonly(trainable)
