@@ -27,7 +27,9 @@ from .learning.checkpoint import load_commentary as load_commentary
 from .learning.checkpoint import save_commentary as save_commentary
 from .learning.learner import Implicit as Implicit
 from .learning.learner import LearnHistory as LearnHistory
+from .learning.learner import Schedule as Schedule
 from .learning.learner import Unroll as Unroll
+from .learning.learner import meta_gradient as meta_gradient
 from .learning.reuse import TrainConfig as TrainConfig
 from .learning.reuse import train_student as train_student
 
@@ -46,6 +48,8 @@ __all__ = [
     "learn",
     "Unroll",
     "Implicit",
+    "Schedule",
+    "meta_gradient",
     "LearnHistory",
     "train_student",
     "TrainConfig",

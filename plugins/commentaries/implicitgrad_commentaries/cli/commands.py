@@ -31,15 +31,22 @@ from ..learning.checkpoint import (
     versions,
 )
 from ..learning.device import resolve_device
-from ..learning.learner import METHODS, Implicit, LearnHistory, Unroll, learn
+from ..learning.learner import METHODS, Implicit, LearnHistory, Schedule, Unroll, learn
 from ..learning.reuse import TrainConfig, compare, format_table, summarize
 from .checks import UsageError, WorkError, writable_dir, writable_file, writable_folder
 
 __all__ = ["PREPARE", "SOLVERS", "make_method", "make_solver"]
 
 # The core's solver shorthands (`ig.hypergrad(..., solver="cg")`) are the lower-cased
-# class names; the command line builds the same classes with its own settings.
-_SOLVER_CLASSES = {cls.__name__.lower(): cls for cls in (ig.Neumann, ig.CG, ig.Identity, ig.Exact)}
+# names of the solver classes it exports; the command line offers every one of them and
+# builds it with its own settings.
+_SOLVER_CLASSES = {
+    name.lower(): getattr(ig, name)
+    for name in ig.__all__
+    if isinstance(getattr(ig, name), type)
+    and issubclass(getattr(ig, name), ig.AbstractSolver)
+    and getattr(ig, name) is not ig.AbstractSolver
+}
 SOLVERS = tuple(_SOLVER_CLASSES)
 __all__ += ["DATASETS", "METHODS", "STUDENTS"]
 
@@ -69,11 +76,14 @@ def make_solver(args: argparse.Namespace) -> ig.AbstractSolver:
         return ig.CG(max_iter=args.cg_iters, tol=args.cg_tol, damping=args.cg_damping)
     if name == "identity":
         return ig.Identity(scale=args.student_lr)
+    if name in ("gmres", "bicgstab"):
+        return _SOLVER_CLASSES[name](max_iter=args.cg_iters, tol=args.cg_tol)
     return _SOLVER_CLASSES[name]()
 
 
-def make_method(args: argparse.Namespace, commentary: AbstractCommentary) -> Unroll | Implicit:
-    """How `learn` differentiates: the one place the command line chooses the method."""
+def make_method(args: argparse.Namespace, commentary: AbstractCommentary) -> Schedule:
+    """The schedule `learn` runs, and with it the core adjoint that differentiates it: the one
+    place the command line chooses the method."""
     if (args.method or commentary.default_method) == "unroll":
         return Unroll(args.inner_steps, args.student_lr)
     return Implicit(make_solver(args), args.student_lr, args.student_steps)
@@ -136,18 +146,18 @@ def _non_finite(commentary: AbstractCommentary) -> list[str]:
     return [k for k, v in commentary.state_dict().items() if not bool(torch.isfinite(v).all())]
 
 
-def _advice(args: argparse.Namespace, method: Unroll | Implicit, history: LearnHistory) -> str:
+def _advice(args: argparse.Namespace, method: Schedule, history: LearnHistory) -> str:
     if history.diverged_at is not None:
         meta_lr = args.meta_lr if args.meta_lr is not None else "the plugin's default"
         return (
             f"Lower --meta-lr (now {meta_lr}) or --student-lr (now {args.student_lr}), or "
             "fewer --steps."
         )
-    if isinstance(method, Implicit) and args.solver == "cg":
+    if method.name == "ift" and args.solver == "cg":
         return (
             "CG needs a positive definite Hessian, which a non-convex student does not have: "
-            "add damping (--cg-damping 1.0, say) or choose another solver (--solver neumann "
-            "or --solver exact)."
+            "add damping (--cg-damping 1.0, say) or choose a solver that does not need it "
+            "(--solver gmres, --solver neumann or --solver exact)."
         )
     return "Choose another --solver or --method, or a smaller --student-lr."
 

@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument(
         "--neumann-terms", type=integer(0), default=1, help="Neumann series terms K (ift)"
     )
-    lp.add_argument("--cg-iters", type=integer(1), default=20, help="CG: maximum iterations")
+    lp.add_argument(
+        "--cg-iters", type=integer(1), default=20, help="CG, GMRES, BiCGStab: maximum products"
+    )
     lp.add_argument(
         "--cg-damping",
         type=number(0.0, inclusive=True),
@@ -150,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="CG: damping added to the Hessian's diagonal (> 0 for a non-convex student)",
     )
     lp.add_argument(
-        "--cg-tol", type=number(0.0, high=1.0), default=1e-4, help="CG: relative tolerance"
+        "--cg-tol",
+        type=number(0.0, high=1.0),
+        default=1e-4,
+        help="CG, GMRES, BiCGStab: relative tolerance",
     )
     lp.add_argument(
         "--student", choices=commands.STUDENTS, default="mlp", help="student while learning"

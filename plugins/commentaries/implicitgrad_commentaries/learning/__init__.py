@@ -7,8 +7,10 @@ from .checkpoint import save_commentary as save_commentary
 from .device import resolve_device as resolve_device
 from .learner import Implicit as Implicit
 from .learner import LearnHistory as LearnHistory
+from .learner import Schedule as Schedule
 from .learner import Unroll as Unroll
 from .learner import learn as learn
+from .learner import meta_gradient as meta_gradient
 from .reuse import TrainConfig as TrainConfig
 from .reuse import TrainResult as TrainResult
 from .reuse import train_student as train_student
@@ -19,6 +21,8 @@ __all__ = [
     "save_commentary",
     "resolve_device",
     "Implicit",
+    "Schedule",
+    "meta_gradient",
     "LearnHistory",
     "Unroll",
     "learn",

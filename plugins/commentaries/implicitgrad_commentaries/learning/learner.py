@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import abc
 import math
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,8 @@ from ..commentaries.students import make_student
 from ..datasets.splits import Dataset, Split
 
 __all__ = [
+    "Schedule",
+    "meta_gradient",
     "Unroll",
     "Implicit",
     "LearnHistory",
@@ -32,66 +35,128 @@ __all__ = [
 METHODS = ("unroll", "ift")
 
 
+class Schedule(abc.ABC):
+    """How the student trains while a commentary is learned, and how that is differentiated.
+
+    A schedule fixes what one meta-step does: which batches the student trains on, for how
+    many steps, when it is re-initialized, and the core differentiation object (an
+    [`ig.AbstractAdjoint`][implicitgrad.AbstractAdjoint]) that turns the trained student
+    into a function of the commentary's parameters. [`learn`][implicitgrad_commentaries.learn]
+    runs every schedule with the same loop, built on [`ig.minimize`][implicitgrad.minimize].
+    The two of the paper are [`Unroll`][implicitgrad_commentaries.learn.Unroll] (Algorithm 1)
+    and [`Implicit`][implicitgrad_commentaries.learn.Implicit] (Algorithm 2).
+    """
+
+    #: The name recorded in the history and the checkpoint metadata.
+    name: ClassVar[str]
+    student_lr: float
+
+    @property
+    @abc.abstractmethod
+    def adjoint(self) -> ig.AbstractAdjoint:
+        """The core object that differentiates the student's training."""
+
+    @abc.abstractmethod
+    def make_optimizer(self) -> ig.AbstractOptimizer:
+        """The student's (differentiable) optimizer."""
+
+    @abc.abstractmethod
+    def draw(
+        self, data: Dataset, batch_size: int, gen: torch.Generator, position: int
+    ) -> tuple[list[tuple], tuple[torch.Tensor, torch.Tensor]]:
+        """The training batches `(x, y, seed, progress)` of one meta-step, and the
+        validation batch its outer loss is measured on (`position` counts the meta-steps
+        since the student was re-initialized)."""
+
+    @abc.abstractmethod
+    def restart(self, meta_step: int, seed: int) -> int | None:
+        """The seed to re-initialize the student with before `meta_step`, or `None` to
+        continue from where the last meta-step left it."""
+
+    def position(self, meta_step: int) -> int:
+        """Meta-steps since the student was last re-initialized."""
+        return 0
+
+
 @dataclass(frozen=True)
-class Unroll:
+class Unroll(Schedule):
     """Algorithm 1 of *Teaching with Commentaries*: backpropagation through training.
 
     Every meta-step re-initializes the student from the same initial weights
     $\\theta_0$, takes `inner_steps` differentiable optimizer steps on the commentary's
-    training loss with [`ig.unroll`][implicitgrad.unroll], and differentiates the student's
-    plain validation loss after them with respect to $\\phi$. Memory grows with
-    `inner_steps`.
+    training loss, and differentiates the student's plain validation loss after them with
+    respect to $\\phi$, through [`ig.UnrollAdjoint`][implicitgrad.UnrollAdjoint]. Memory
+    grows with `inner_steps` (`checkpoint=True` trades it for recomputation).
 
     **Arguments:**
 
     - `inner_steps`: $N$, the student steps per meta-step (default `20`).
     - `student_lr`: the student's learning rate (default `0.1`).
     - `optimizer`: `"sgd"` (with momentum 0.9, default) or `"adam"`; the paper uses Adam.
+    - `checkpoint`: as in [`ig.UnrollAdjoint`][implicitgrad.UnrollAdjoint] (default `False`).
     """
 
     inner_steps: int = 20
     student_lr: float = 0.1
     optimizer: str = "sgd"
+    checkpoint: bool | int = False
+
+    name: ClassVar[str] = "unroll"
 
     def __post_init__(self) -> None:
         if not isinstance(self.inner_steps, int) or self.inner_steps < 1:
             raise InputError(
                 f"`Unroll(inner_steps=...)` must be an int >= 1, got {self.inner_steps!r}."
             )
-        if not self.student_lr > 0:
-            raise InputError(f"`Unroll(student_lr=...)` must be > 0, got {self.student_lr!r}.")
+        if not (isinstance(self.student_lr, (int, float)) and 0 < self.student_lr < math.inf):
+            raise InputError(
+                f"`Unroll(student_lr=...)` must be a finite float > 0, got {self.student_lr!r}."
+            )
         if self.optimizer not in ("sgd", "adam"):
             raise InputError(
                 f"`Unroll(optimizer=...)` must be 'sgd' or 'adam', got {self.optimizer!r}."
             )
 
-    def make_optimizer(self) -> Any:
+    @property
+    def adjoint(self) -> ig.AbstractAdjoint:
+        return ig.UnrollAdjoint(checkpoint=self.checkpoint)
+
+    def make_optimizer(self) -> ig.AbstractOptimizer:
         """The differentiable student optimizer (`ig.SGD` or `ig.Adam`) for `ig.unroll`."""
         if self.optimizer == "adam":
             return ig.Adam(lr=self.student_lr)
         return ig.SGD(lr=self.student_lr, momentum=0.9)
 
+    def draw(self, data, batch_size, gen, position):
+        seeds = torch.randint(2**31 - 1, (self.inner_steps,), generator=gen).tolist()
+        n = self.inner_steps
+        batches = [(*_batch(data.train, batch_size, gen), s, k / n) for k, s in enumerate(seeds)]
+        return batches, (data.val.x, data.val.y)
+
+    def restart(self, meta_step: int, seed: int) -> int | None:
+        return seed
+
 
 @dataclass(frozen=True)
-class Implicit:
+class Implicit(Schedule):
     """Algorithm 2 of *Teaching with Commentaries*: implicit differentiation during training.
 
-    The student trains normally (SGD with momentum 0.9); after each of its steps one
-    hyper-step computes, on one training and one validation batch,
+    The student trains normally (SGD with momentum 0.9); each meta-step takes one student
+    step on one training batch and differentiates the student's loss on one validation
+    batch through [`ig.ImplicitAdjoint`][implicitgrad.ImplicitAdjoint], i.e.
 
     $$\\frac{\\mathrm{d}L_V}{\\mathrm{d}\\phi} \\approx -\\frac{\\partial^2 L_T}{\\partial\\phi
     \\,\\partial\\theta}\\, H^{-1} \\frac{\\partial L_V}{\\partial\\theta}$$
 
-    with [`ig.hypergrad`][implicitgrad.hypergrad] and any solver for $H^{-1}v$. The paper's
-    estimator is `Neumann(terms=1, alpha=student_lr)` (the default). Every
-    `student_steps` steps the student is re-initialized, so that $\\phi$ sees every phase
-    of training; the normalized iteration given to the commentary is the position inside
-    that run.
+    at the student's new parameters, with any solver for $H^{-1}v$. The paper's estimator is
+    `Neumann(terms=1, alpha=student_lr)` (the default). Every `student_steps` meta-steps the
+    student is re-initialized, so that $\\phi$ sees every phase of training; the normalized
+    iteration given to the commentary is the position inside that run.
 
     **Arguments:**
 
     - `solver`: an `ig.AbstractSolver` or a shorthand (`"cg"`, `"neumann"`, `"identity"`,
-      `"exact"`); `None` (default) is `ig.Neumann(terms=1, alpha=student_lr)`.
+      `"exact"`, ...); `None` (default) is `ig.Neumann(terms=1, alpha=student_lr)`.
     - `student_lr`: the student's learning rate (default `0.1`).
     - `student_steps`: the length of one student run before re-initialization (default
       `500`).
@@ -101,9 +166,13 @@ class Implicit:
     student_lr: float = 0.1
     student_steps: int = 500
 
+    name: ClassVar[str] = "ift"
+
     def __post_init__(self) -> None:
-        if not self.student_lr > 0:
-            raise InputError(f"`Implicit(student_lr=...)` must be > 0, got {self.student_lr!r}.")
+        if not (isinstance(self.student_lr, (int, float)) and 0 < self.student_lr < math.inf):
+            raise InputError(
+                f"`Implicit(student_lr=...)` must be a finite float > 0, got {self.student_lr!r}."
+            )
         if not isinstance(self.student_steps, int) or self.student_steps < 1:
             raise InputError(
                 f"`Implicit(student_steps=...)` must be an int >= 1, got {self.student_steps!r}."
@@ -112,6 +181,26 @@ class Implicit:
     def resolved_solver(self) -> ig.AbstractSolver | str:
         """`solver`, with `None` replaced by the paper's one-term Neumann series."""
         return ig.Neumann(terms=1, alpha=self.student_lr) if self.solver is None else self.solver
+
+    @property
+    def adjoint(self) -> ig.AbstractAdjoint:
+        # One student step per meta-step: θ is not stationary, by design of the algorithm.
+        return ig.ImplicitAdjoint(self.resolved_solver(), stationarity_tol=None)
+
+    def make_optimizer(self) -> ig.AbstractOptimizer:
+        return ig.SGD(lr=self.student_lr, momentum=0.9)
+
+    def draw(self, data, batch_size, gen, position):
+        batch, val_batch = _batch(data.train, batch_size, gen), _batch(data.val, batch_size, gen)
+        batch_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+        return [(*batch, batch_seed, position / self.student_steps)], val_batch
+
+    def restart(self, meta_step: int, seed: int) -> int | None:
+        run, k = divmod(meta_step, self.student_steps)
+        return seed + run if k == 0 else None
+
+    def position(self, meta_step: int) -> int:
+        return meta_step % self.student_steps
 
 
 @dataclass
@@ -198,7 +287,7 @@ def _meta_step(opt: torch.optim.Optimizer, phi: dict[str, torch.Tensor], hg: dic
 def learn(
     commentary: AbstractCommentary,
     data: Dataset,
-    method: Unroll | Implicit | str | None = None,
+    method: Schedule | str | None = None,
     *,
     student: str = "mlp",
     steps: int = 200,
@@ -216,8 +305,9 @@ def learn(
       with `is_learnable`.
     - `data`: the [`Dataset`][implicitgrad_commentaries.data.Dataset]; the outer loss is the
       student's plain cross-entropy on its validation split.
-    - `method`: [`Unroll`][implicitgrad_commentaries.learn.Unroll] (Algorithm 1),
-      [`Implicit`][implicitgrad_commentaries.learn.Implicit] (Algorithm 2), `"unroll"` or
+    - `method`: a [`Schedule`][implicitgrad_commentaries.Schedule]:
+      [`Unroll`][implicitgrad_commentaries.learn.Unroll] (Algorithm 1) or
+      [`Implicit`][implicitgrad_commentaries.learn.Implicit] (Algorithm 2); `"unroll"` or
       `"ift"` for their defaults, or `None` for the commentary's `default_method`.
     - `student`: the student architecture used while learning (see
       [`make_student`][implicitgrad_commentaries.models.make_student]).
@@ -260,7 +350,7 @@ def learn(
         method = Unroll()
     elif method == "ift":
         method = Implicit()
-    if not isinstance(method, (Unroll, Implicit)):
+    if not isinstance(method, Schedule):
         raise InputError(
             f"`learn(method=...)` must be Unroll(...), Implicit(...), 'unroll' or 'ift', got "
             f"{method!r}."
@@ -277,13 +367,10 @@ def learn(
     if meta_lr is None:
         meta_lr = commentary.default_meta_lr
     meta_opt = torch.optim.Adam(phi.values(), lr=meta_lr)
-    history = LearnHistory("unroll" if isinstance(method, Unroll) else "ift")
+    history = LearnHistory(method.name)
     start = time.perf_counter()
     commentary.train()
-    if isinstance(method, Unroll):
-        step_fn = _unroll_steps(commentary, data, method, student, batch_size, seed, gen)
-    else:
-        step_fn = _implicit_steps(commentary, data, method, student, batch_size, seed, gen)
+    step_fn = _meta_steps(commentary, data, method, student, batch_size, seed, gen)
     for step in range(steps):
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -365,6 +452,60 @@ def losses(
     return inner, outer
 
 
+def _train_loss(commentary: AbstractCommentary, fn: Callable[..., torch.Tensor]):
+    """The student's loss on a batch `(x, y, seed, progress)`, reseeded on every call so
+    that the commentary's randomness is the same each time a batch is revisited."""
+
+    def train_loss(theta: Any, phi: Any, batch: tuple, step: int) -> torch.Tensor:
+        x, y, s, progress = batch
+        g = torch.Generator().manual_seed(s)
+        return commentary.loss(phi, lambda z: fn(theta, z), x, y, progress, g)
+
+    return train_loss
+
+
+def meta_gradient(
+    commentary: AbstractCommentary,
+    fn: Callable[..., torch.Tensor],
+    theta: dict[str, torch.Tensor],
+    batches: list[tuple],
+    val_batch: tuple[torch.Tensor, torch.Tensor],
+    optimizer: ig.AbstractOptimizer,
+    adjoint: ig.AbstractAdjoint,
+    optimizer_state: Any = None,
+) -> tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor], Any]:
+    """One meta-step of any schedule: train the student `fn` from `theta` on `batches`
+    (`(x, y, seed, progress)` each) with [`ig.minimize`][implicitgrad.minimize], and
+    differentiate its validation cross-entropy on `val_batch` with respect to the
+    commentary's parameters through `adjoint`.
+
+    **Returns:**
+
+    `(validation loss, hypergradient keyed like commentary.phi(), trained student
+    (detached), optimizer state after training (detached))`.
+    """
+    phi = {k: v.detach().requires_grad_(True) for k, v in commentary.phi().items()}
+    theta_n, info = ig.minimize(
+        _train_loss(commentary, fn),
+        theta,
+        phi,
+        batches,
+        optimizer,
+        adjoint=adjoint,
+        optimizer_state=optimizer_state,
+        return_info=True,
+    )
+    xv, yv = val_batch
+    loss = F.cross_entropy(fn(theta_n, commentary.student_inputs(phi, xv)), yv)
+    grads = torch.autograd.grad(loss, list(phi.values()), allow_unused=True)
+    hg = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(phi.items(), grads)}
+    trained = {k: v.detach() for k, v in theta_n.items()}
+    state = torch.utils._pytree.tree_map(
+        lambda x: x.detach() if isinstance(x, torch.Tensor) else x, info.state
+    )
+    return float(loss.detach()), hg, trained, state
+
+
 def unrolled_hypergrad(
     commentary: AbstractCommentary,
     fn: Callable[..., torch.Tensor],
@@ -376,92 +517,53 @@ def unrolled_hypergrad(
     """Algorithm 1 for one meta-step: $\\mathrm{d}L_V(\\theta_N(\\phi))/\\mathrm{d}\\phi$.
 
     Trains the student `fn` from `theta0` for one step per batch `(x, y, seed)` with
-    [`ig.unroll`][implicitgrad.unroll] and `optimizer` (an `ig.AbstractOptimizer`), and
-    differentiates the validation cross-entropy on `val` back to the commentary's
-    parameters.
+    `optimizer` (an `ig.AbstractOptimizer`), differentiating through the steps
+    ([`ig.UnrollAdjoint`][implicitgrad.UnrollAdjoint]), and differentiates the validation
+    cross-entropy on `val` back to the commentary's parameters.
 
     **Returns:**
 
     `(validation loss, hypergradient)`, the hypergradient keyed like `commentary.phi()`.
     """
-    phi = {k: v.detach().requires_grad_(True) for k, v in commentary.phi().items()}
     n = len(batches)
-
-    def train_loss(theta: Any, phi_: Any, batch: tuple, k: int) -> torch.Tensor:
-        x, y, s = batch
-        g = torch.Generator().manual_seed(s)
-        return commentary.loss(phi_, lambda z: fn(theta, z), x, y, k / n, g)
-
-    theta_n = ig.unroll(train_loss, theta0, phi, batches, optimizer)
-    loss = F.cross_entropy(fn(theta_n, commentary.student_inputs(phi, val.x)), val.y)
-    grads = torch.autograd.grad(loss, list(phi.values()), allow_unused=True)
-    hg = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(phi.items(), grads)}
-    return float(loss.detach()), hg
+    batches = [(x, y, s, k / n) for k, (x, y, s) in enumerate(batches)]
+    loss, hg, _, _ = meta_gradient(
+        commentary, fn, theta0, batches, (val.x, val.y), optimizer, ig.UnrollAdjoint()
+    )
+    return loss, hg
 
 
-def _unroll_steps(
+def _meta_steps(
     commentary: AbstractCommentary,
     data: Dataset,
-    method: Unroll,
+    method: Schedule,
     arch: str,
     batch_size: int,
     seed: int,
     gen: torch.Generator,
 ) -> Callable[[int], tuple[float, dict]]:
-    if not hasattr(ig, "unroll"):
-        raise InputError(
-            "`learn(method=Unroll(...))` needs implicitgrad.unroll, which this implicitgrad "
-            "version does not provide; use method='ift'."
-        )
-    student = make_student(arch, data.spec, seed=seed).to(data.device)
-    fn, theta0 = ig.make_functional(student, detach=True)
-    theta0 = {k: v.detach() for k, v in theta0.items()}
-    optimizer = method.make_optimizer()
-
-    def step(meta_step: int) -> tuple[float, dict]:
-        seeds = torch.randint(2**31 - 1, (method.inner_steps,), generator=gen).tolist()
-        batches = [(*_batch(data.train, batch_size, gen), s) for s in seeds]
-        return unrolled_hypergrad(commentary, fn, theta0, batches, optimizer, data.val)
-
-    return step
-
-
-def _implicit_steps(
-    commentary: AbstractCommentary,
-    data: Dataset,
-    method: Implicit,
-    arch: str,
-    batch_size: int,
-    seed: int,
-    gen: torch.Generator,
-) -> Callable[[int], tuple[float, dict]]:
-    solver = method.resolved_solver()
+    optimizer, adjoint = method.make_optimizer(), method.adjoint
     state: dict[str, Any] = {}
 
-    def reset(run: int) -> None:
-        student = make_student(arch, data.spec, seed=seed + run).to(data.device)
-        fn, theta = ig.make_functional(student, detach=True)
-        state["fn"], state["theta"] = fn, theta
-        state["opt"] = torch.optim.SGD(theta.values(), lr=method.student_lr, momentum=0.9)
-
     def step(meta_step: int) -> tuple[float, dict]:
-        run, k = divmod(meta_step, method.student_steps)
-        if k == 0:
-            reset(run)
-        fn, theta, opt = state["fn"], state["theta"], state["opt"]
-        batch, val_batch = _batch(data.train, batch_size, gen), _batch(data.val, batch_size, gen)
-        batch_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-        inner, outer = losses(
-            commentary, fn, batch, val_batch, k / method.student_steps, batch_seed
+        restart = method.restart(meta_step, seed)
+        if restart is not None:
+            if restart != state.get("seed"):
+                student = make_student(arch, data.spec, seed=restart).to(data.device)
+                fn, theta0 = ig.make_functional(student, detach=True)
+                state.update(seed=restart, fn=fn, theta0={k: v.detach() for k, v in theta0.items()})
+            state["theta"], state["opt"] = state["theta0"], None
+        batches, val_batch = method.draw(data, batch_size, gen, method.position(meta_step))
+        val, hg, state["theta"], state["opt"] = meta_gradient(
+            commentary,
+            state["fn"],
+            state["theta"],
+            batches,
+            val_batch,
+            optimizer,
+            adjoint,
+            state["opt"],
         )
-        phi = {n: p.detach() for n, p in commentary.phi().items()}
-        opt.zero_grad(set_to_none=True)
-        inner(theta, phi).backward()
-        opt.step()
-        # Algorithm 2 takes a single student step per hyper-step, so θ is not stationary.
-        hg = ig.hypergrad(inner, outer, theta, phi, solver=solver, stationarity_tol=None)
-        with torch.no_grad():
-            val = float(outer(theta, phi))
         return val, hg
 
     return step
