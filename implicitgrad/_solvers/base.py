@@ -21,6 +21,9 @@ __all__ = [
     "rhs_norm",
     "true_residual",
     "warn_unreachable_tol",
+    "initial_residual",
+    "residual_norm",
+    "precision_hint",
 ]
 
 
@@ -233,3 +236,47 @@ def warn_unreachable_tol(solver: str, tol: float, dtype: torch.dtype) -> None:
             f"{10 * eps:.0e}.",
             ConvergenceWarning,
         )
+
+
+def residual_norm(r: torch.Tensor, *, solver: str, iteration: int) -> float:
+    """$\\lVert r\\rVert$ of a residual $b - A x$ with one host sync, raising on NaN/Inf."""
+    norm = float(torch.linalg.vector_norm(r))
+    if not math.isfinite(norm):
+        check_finite(r, solver=solver, what="a matrix-vector product", iteration=iteration)
+        raise SolverError(
+            f"{solver}: the norm of the residual overflows ({norm}) at iteration {iteration}; "
+            "rescale the system or use float64."
+        )
+    return norm
+
+
+def precision_hint(residual: float, dtype: torch.dtype) -> str:
+    """The end of a non-convergence message: `.`, or a hint when the dtype is the limit."""
+    eps = torch.finfo(dtype).eps
+    if residual < math.sqrt(eps):
+        return (
+            f"; the residual is close to what {dtype} can resolve (machine epsilon "
+            f"{eps:.1e}), so more iterations may not help: solve in float64."
+        )
+    return "."
+
+
+def initial_residual(
+    operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None, *, solver: str, tol: float
+) -> Solution | tuple[torch.Tensor, torch.Tensor, int, float, float]:
+    """The start every Krylov solver shares: `(x, r, products, |r|, |b|)` from the guess
+    `x0`, or the finished `Solution` for $b = 0$."""
+    b_norm = rhs_norm(b, solver=solver)
+    if b_norm == 0.0:
+        return Solution(torch.zeros_like(b), 0, 0.0, True)
+    warn_unreachable_tol(solver, tol, b.dtype)
+    if x0 is None:
+        return torch.zeros_like(b), b.clone(), 0, b_norm, b_norm
+    if x0.shape != b.shape:
+        raise InputError(
+            f"`{solver}.solve(x0=...)` must have the shape of b, {tuple(b.shape)}, got "
+            f"{tuple(x0.shape)}."
+        )
+    x = x0.detach().to(dtype=b.dtype, device=b.device, copy=True)
+    r = b - operator.matvec(x)
+    return x, r, 1, residual_norm(r, solver=solver, iteration=1), b_norm

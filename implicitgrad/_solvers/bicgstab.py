@@ -13,10 +13,10 @@ from .base import (
     LinearOperator,
     Solution,
     check_finite,
-    rhs_norm,
-    warn_unreachable_tol,
+    initial_residual,
+    precision_hint,
+    residual_norm,
 )
-from .gmres import _precision_hint, _residual_norm
 
 __all__ = ["BiCGStab"]
 
@@ -104,25 +104,10 @@ class BiCGStab(AbstractSolver):
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None
     ) -> Solution:
         self.check_operator(operator)
-        b_norm = rhs_norm(b, solver="BiCGStab")
-        if b_norm == 0.0:
-            return Solution(torch.zeros_like(b), 0, 0.0, True)
-        warn_unreachable_tol("BiCGStab", self.tol, b.dtype)
-        if x0 is None:
-            x = torch.zeros_like(b)
-            r = b.clone()
-            iterations = 0
-            r_norm = b_norm
-        else:
-            if x0.shape != b.shape:
-                raise InputError(
-                    f"`BiCGStab.solve(x0=...)` must have the shape of b, {tuple(b.shape)}, got "
-                    f"{tuple(x0.shape)}."
-                )
-            x = x0.detach().to(dtype=b.dtype, device=b.device, copy=True)
-            r = b - operator.matvec(x)
-            iterations = 1
-            r_norm = _residual_norm(r, solver="BiCGStab", iteration=iterations)
+        start = initial_residual(operator, b, x0, solver="BiCGStab", tol=self.tol)
+        if isinstance(start, Solution):
+            return start
+        x, r, iterations, r_norm, b_norm = start
         residual = r_norm / b_norm
         step = 0
         # A cycle needs one product for the half step and keeps one for the true residual.
@@ -130,7 +115,7 @@ class BiCGStab(AbstractSolver):
             iterations, step = self._cycle(operator, x, r, r_norm, b_norm, iterations, step)
             r = b - operator.matvec(x)
             iterations += 1
-            r_norm = _residual_norm(r, solver="BiCGStab", iteration=iterations)
+            r_norm = residual_norm(r, solver="BiCGStab", iteration=iterations)
             residual = r_norm / b_norm
         converged = residual <= self.tol
         if not converged:
@@ -139,7 +124,7 @@ class BiCGStab(AbstractSolver):
                 f"{self.tol:.1e} after {iterations} matrix-vector products "
                 f"(max_iter={self.max_iter}) in {b.dtype}. The solution is approximate. Raise "
                 "max_iter, loosen tol, or use ig.GMRES(), whose residual never increases"
-                + _precision_hint(residual, b.dtype),
+                + precision_hint(residual, b.dtype),
                 ConvergenceWarning,
             )
         return Solution(x, iterations, residual, converged)

@@ -13,34 +13,12 @@ from .base import (
     LinearOperator,
     Solution,
     check_finite,
-    rhs_norm,
-    warn_unreachable_tol,
+    initial_residual,
+    precision_hint,
+    residual_norm,
 )
 
 __all__ = ["GMRES"]
-
-
-def _residual_norm(r: torch.Tensor, *, solver: str, iteration: int) -> float:
-    """$\\lVert r\\rVert$ of a residual $b - A x$ with one host sync, raising on NaN/Inf."""
-    norm = float(torch.linalg.vector_norm(r))
-    if not math.isfinite(norm):
-        check_finite(r, solver=solver, what="a matrix-vector product", iteration=iteration)
-        raise SolverError(
-            f"{solver}: the norm of the residual overflows ({norm}) at iteration {iteration}; "
-            "rescale the system or use float64."
-        )
-    return norm
-
-
-def _precision_hint(residual: float, dtype: torch.dtype) -> str:
-    """The end of a non-convergence message: `.`, or a hint when the dtype is the limit."""
-    eps = torch.finfo(dtype).eps
-    if residual < math.sqrt(eps):
-        return (
-            f"; the residual is close to what {dtype} can resolve (machine epsilon "
-            f"{eps:.1e}), so more iterations may not help: solve in float64."
-        )
-    return "."
 
 
 @dataclass(frozen=True)
@@ -141,25 +119,10 @@ class GMRES(AbstractSolver):
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None
     ) -> Solution:
         self.check_operator(operator)
-        b_norm = rhs_norm(b, solver="GMRES")
-        if b_norm == 0.0:
-            return Solution(torch.zeros_like(b), 0, 0.0, True)
-        warn_unreachable_tol("GMRES", self.tol, b.dtype)
-        if x0 is None:
-            x = torch.zeros_like(b)
-            r = b.clone()
-            iterations = 0
-            beta = b_norm
-        else:
-            if x0.shape != b.shape:
-                raise InputError(
-                    f"`GMRES.solve(x0=...)` must have the shape of b, {tuple(b.shape)}, got "
-                    f"{tuple(x0.shape)}."
-                )
-            x = x0.detach().to(dtype=b.dtype, device=b.device, copy=True)
-            r = b - operator.matvec(x)
-            iterations = 1
-            beta = _residual_norm(r, solver="GMRES", iteration=iterations)
+        start = initial_residual(operator, b, x0, solver="GMRES", tol=self.tol)
+        if isinstance(start, Solution):
+            return start
+        x, r, iterations, beta, b_norm = start
         residual = beta / b_norm
         cycle = min(self.restart, operator.size)
         basis = torch.empty((cycle + 1, b.numel()), dtype=b.dtype, device=b.device)
@@ -174,7 +137,7 @@ class GMRES(AbstractSolver):
             # Not `true_residual()`: the residual vector doubles as the next cycle's start.
             r = b - operator.matvec(x)
             iterations += 1
-            beta = _residual_norm(r, solver="GMRES", iteration=iterations)
+            beta = residual_norm(r, solver="GMRES", iteration=iterations)
             residual = beta / b_norm
         converged = residual <= self.tol
         if not converged:
@@ -183,7 +146,7 @@ class GMRES(AbstractSolver):
                 f"{self.tol:.1e} after {iterations} matrix-vector products "
                 f"(max_iter={self.max_iter}, restart={self.restart}) in {b.dtype}. The "
                 "solution is approximate. Raise max_iter or restart, or loosen tol"
-                + _precision_hint(residual, b.dtype),
+                + precision_hint(residual, b.dtype),
                 ConvergenceWarning,
             )
         return Solution(x, iterations, residual, converged)
