@@ -11,6 +11,7 @@ from . import testing as testing
 from ._adjoint import AbstractAdjoint as AbstractAdjoint
 from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
 from ._adjoint import UnrollAdjoint as UnrollAdjoint
+from ._distributed import DataParallel as DataParallel
 from ._errors import ConvergenceWarning as ConvergenceWarning
 from ._errors import DivergenceError as DivergenceError
 from ._errors import ImplicitGradError as ImplicitGradError
@@ -85,6 +86,8 @@ __all__ = [
     "Adam",
     "AdamW",
     "AdamState",
+    # data-parallel
+    "DataParallel",
     # modules
     "make_functional",
     # errors

@@ -9,6 +9,7 @@ from typing import Any, Literal, overload
 import torch
 
 from ._batching import Batch, under_transform, vmap_rule
+from ._distributed import DataParallel, Reducer, bind
 from ._errors import InputError, SolverError, StationarityWarning, warn
 from ._problem import (
     Condition,
@@ -107,6 +108,7 @@ def solve_adjoint(
     x0: torch.Tensor | None = None,
     specs: tuple[TreeDef, TreeDef] | None = None,
     call: str = "hypergrad",
+    dp: Reducer | None = None,
 ) -> tuple[list[torch.Tensor], list[bool], Solution]:
     """Solve $A x = v$ and map $x$ to $\\phi$: the implicit part of the hypergradient.
 
@@ -114,14 +116,18 @@ def solve_adjoint(
     $+(\\partial T/\\partial\\phi)^\\top x$ (fixed-point form), which φ leaves the condition
     reached, and the solver's `Solution`. Where the condition's graph cannot be
     differentiated again (a `torch.compile`d loss) the products are formed with torch.func.
+    With `dp` every product is averaged over the processes (the mixed product is left
+    local: the caller reduces it).
     """
     try:
-        solution = solver.solve(cond.operator(), v, x0)
+        op = cond.operator()
+        solution = solver.solve(op if dp is None else dp.operator(op), v, x0)
     except NoDoubleBackward:
         if specs is None:
             raise
         cond = func_condition(cond, *specs, call=call)
-        solution = solver.solve(cond.operator(), v, x0)
+        op = cond.operator()
+        solution = solver.solve(op if dp is None else dp.operator(op), v, x0)
     mixed, used = cond.implicit_part(solution.value)
     return mixed, used, solution
 
@@ -138,6 +144,7 @@ class _Call:
     call: str
     stationarity_tol: float | None
     batch: Batch | None = None
+    dp: Reducer | None = None
 
 
 def _compute(
@@ -149,7 +156,14 @@ def _compute(
     phi = [p.detach().requires_grad_(True) for p in phi_leaves]
     with torch.enable_grad():
         cond = build_condition(
-            form, theta, phi, c.theta_spec, c.phi_spec, call=call, batch_size=size
+            form,
+            theta,
+            phi,
+            c.theta_spec,
+            c.phi_spec,
+            call=call,
+            batch_size=size,
+            reduce=None if c.dp is None else c.dp.mean_,
         )
         g = call_scalar(
             c.outer_loss,
@@ -169,11 +183,13 @@ def _compute(
         )
     check_stationarity(call, cond, c.stationarity_tol)
     v = cond.ravel(grads[:n])
+    if c.dp is not None:
+        v = c.dp.mean_(v.clone())
     if x0 is not None:
         x0 = _check_warm_start(x0, v, call=call)
     try:
         implicit_part, used_inner, solution = solve_adjoint(
-            cond, v, c.solver, x0=x0, specs=(c.theta_spec, c.phi_spec), call=call
+            cond, v, c.solver, x0=x0, specs=(c.theta_spec, c.phi_spec), call=call, dp=c.dp
         )
     except SolverError:
         # Name the culprit where the inputs explain the failure (no cost when all is well).
@@ -200,6 +216,8 @@ def _compute(
             "argument (the outer parameters)."
         )
     hg = [(d + m).detach() for d, m in zip(grads[n:], implicit_part)]
+    if c.dp is not None:
+        hg = c.dp.outer(hg)
     try:
         check_finite_leaves(
             hg,
@@ -287,12 +305,14 @@ def _entry(
     stationarity_tol: float | None,
     warm_start: Any,
     batched: bool,
+    data_parallel: DataParallel | None = None,
 ) -> Any:
     solver = resolve_solver(solver, call=call, symmetric=form.symmetric)
+    dp = bind(data_parallel, outer_params, call=call)
     theta, theta_spec = prepare(inner_params, call=call, name="inner_params", uniform=True)
     phi, phi_spec = prepare(outer_params, call=call, name="outer_params")
     batch = Batch.of(theta + phi, call=call) if batched else None
-    c = _Call(form, outer_loss, theta_spec, phi_spec, solver, call, stationarity_tol, batch)
+    c = _Call(form, outer_loss, theta_spec, phi_spec, solver, call, stationarity_tol, batch, dp)
     if under_transform():
         if return_info or warm_start is not None or batched:
             raise InputError(
@@ -319,6 +339,7 @@ def hypergrad(
     stationarity_tol: float | None = ...,
     warm_start: HypergradInfo | torch.Tensor | None = ...,
     batched: bool = ...,
+    data_parallel: DataParallel | None = ...,
 ) -> Tree: ...
 
 
@@ -334,6 +355,7 @@ def hypergrad(
     stationarity_tol: float | None = ...,
     warm_start: HypergradInfo | torch.Tensor | None = ...,
     batched: bool = ...,
+    data_parallel: DataParallel | None = ...,
 ) -> tuple[Tree, HypergradInfo]: ...
 
 
@@ -348,6 +370,7 @@ def hypergrad(
     stationarity_tol: float | None = 1e-3,
     warm_start: HypergradInfo | torch.Tensor | None = None,
     batched: bool = False,
+    data_parallel: DataParallel | None = None,
 ) -> Tree | tuple[Tree, HypergradInfo]:
     """Hypergradient of a bilevel problem by the implicit function theorem.
 
@@ -390,6 +413,9 @@ def hypergrad(
       of $B$ independent problems; the losses are written for one problem (they are
       evaluated with `torch.func.vmap`). The solver must support batches (CG, Neumann,
       Identity).
+    - `data_parallel`: an [`ig.DataParallel`][implicitgrad.DataParallel]: each process
+      passes losses over its shard of the data, and every process gets the hypergradient
+      of the mean losses over all processes (one `all_reduce` of $n$ floats per product).
 
     **Returns:**
 
@@ -424,6 +450,7 @@ def hypergrad(
         stationarity_tol=stationarity_tol,
         warm_start=warm_start,
         batched=batched,
+        data_parallel=data_parallel,
     )
 
 
@@ -439,6 +466,7 @@ def fixed_point_hypergrad(
     warm_start: HypergradInfo | torch.Tensor | None = None,
     symmetric: bool = False,
     batched: bool = False,
+    data_parallel: DataParallel | None = None,
 ) -> Tree | tuple[Tree, HypergradInfo]:
     """Hypergradient at a fixed point $\\theta^* = T(\\theta^*, \\phi)$.
 
@@ -467,8 +495,8 @@ def fixed_point_hypergrad(
       gradient inside, that gradient must keep its graph (`torch.autograd.grad(...,
       create_graph=True)` or `torch.func.grad`).
     - `outer_loss`, `inner_params`, `outer_params`, `return_info`, `stationarity_tol`,
-      `warm_start`, `batched`: as in [`hypergrad`][implicitgrad.hypergrad]; stationarity is
-      measured as $\\lVert T(\\theta,\\phi) - \\theta\\rVert$.
+      `warm_start`, `batched`, `data_parallel`: as in [`hypergrad`][implicitgrad.hypergrad];
+      stationarity is measured as $\\lVert T(\\theta,\\phi) - \\theta\\rVert$.
     - `solver`: an [`AbstractSolver`][implicitgrad.AbstractSolver] or a shorthand; default
       [`GMRES()`][implicitgrad.GMRES], or [`CG()`][implicitgrad.CG] with `symmetric=True`.
     - `symmetric`: declare that $\\partial T/\\partial\\theta$ is symmetric (a gradient step
@@ -506,4 +534,5 @@ def fixed_point_hypergrad(
         stationarity_tol=stationarity_tol,
         warm_start=warm_start,
         batched=batched,
+        data_parallel=data_parallel,
     )

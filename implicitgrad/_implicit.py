@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ._batching import Batch, under_transform, vmap_rule
+from ._distributed import DataParallel, Reducer, bind
 from ._errors import InputError
 from ._hypergrad import check_inputs, check_stationarity, prepare, solve_adjoint
 from ._problem import Condition, Form, build_condition, check_finite_leaves, grad_or_zeros
@@ -28,6 +29,7 @@ class _Spec:
     stationarity_tol: float | None
     call: str
     batch: Batch | None = None
+    dp: Reducer | None = None
 
 
 def _leaves(theta: list[torch.Tensor], phi: list[torch.Tensor]):
@@ -47,9 +49,21 @@ def _vjp(
     size = None if spec.batch is None else spec.batch.size
     with torch.enable_grad():
         cond = build_condition(
-            spec.form, theta, phi, spec.theta_spec, spec.phi_spec, call=call, batch_size=size
+            spec.form,
+            theta,
+            phi,
+            spec.theta_spec,
+            spec.phi_spec,
+            call=call,
+            batch_size=size,
+            reduce=None if spec.dp is None else spec.dp.mean_,
         )
         check_stationarity(call, cond, spec.stationarity_tol)
+        if spec.dp is not None:
+            # The cotangent of the mean outer loss; reduced before the finiteness check so
+            # that every process takes the same branch. The mixed product stays this
+            # process's contribution (`DataParallel.reduce_grads` completes it).
+            g = cond.unravel(spec.dp.mean_(cond.ravel(g).clone()))
         check_finite_leaves(
             g,
             spec.theta_spec,
@@ -58,7 +72,12 @@ def _vjp(
             error=InputError,
         )
         parts, used, solution = solve_adjoint(
-            cond, cond.ravel(g), spec.solver, specs=(spec.theta_spec, spec.phi_spec), call=call
+            cond,
+            cond.ravel(g),
+            spec.solver,
+            specs=(spec.theta_spec, spec.phi_spec),
+            call=call,
+            dp=spec.dp,
         )
     if not any(used):
         raise InputError(
@@ -121,6 +140,12 @@ class _ImplicitFn(torch.autograd.Function):
 
 
 def _check_second_order(spec: _Spec) -> None:
+    if spec.dp is not None:
+        raise InputError(
+            f"`{spec.call}`: second-order derivatives (create_graph=True) through the implicit "
+            "solution are not available with data_parallel=; differentiate once, or run in "
+            "one process."
+        )
     if spec.form.fixed_point or spec.batch is not None or under_transform():
         where = (
             "the fixed-point form"
@@ -199,14 +224,16 @@ def implicit_solution(
     *,
     stationarity_tol: float | None,
     call: str,
+    data_parallel: DataParallel | None = None,
 ) -> Tree:
     """θ* differentiable in φ by the implicit function theorem, for either form."""
     solver = resolve_solver(solver, call=call, symmetric=form.symmetric)
+    dp = bind(data_parallel, outer_params, call=call)
     theta, theta_spec = prepare(inner_params, call=call, name="inner_params", uniform=True)
     phi, phi_spec = prepare(
         outer_params, call=call, name="outer_params", require_grad=not under_transform()
     )
-    spec = _Spec(form, theta_spec, phi_spec, solver, stationarity_tol, call)
+    spec = _Spec(form, theta_spec, phi_spec, solver, stationarity_tol, call, dp=dp)
     out = _ImplicitFn.apply(spec, len(theta), *[t.detach() for t in theta], *phi)
     return unflatten(theta_spec, list(out))
 
@@ -218,6 +245,7 @@ def implicit(
     solver: AbstractSolver | str | None = None,
     *,
     stationarity_tol: float | None = 1e-3,
+    data_parallel: DataParallel | None = None,
 ) -> Tree:
     """Return the inner solution θ* as a differentiable function of φ.
 
@@ -248,6 +276,10 @@ def implicit(
       [`CG()`][implicitgrad.CG]).
     - `stationarity_tol`: warn in the backward pass if $\\lVert\\nabla_\\theta f\\rVert$
       exceeds it; `None` switches the check off.
+    - `data_parallel`: an [`ig.DataParallel`][implicitgrad.DataParallel]: `inner_loss` is
+      this process's term of the mean over processes; the backward pass averages the
+      incoming gradient and every product, and leaves in `.grad` this process's
+      contribution (complete it with `DataParallel.reduce_grads`).
 
     **Returns:**
 
@@ -271,4 +303,5 @@ def implicit(
         solver,
         stationarity_tol=stationarity_tol,
         call="implicit",
+        data_parallel=data_parallel,
     )

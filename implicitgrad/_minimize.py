@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint
+from ._distributed import DataParallel, bind
 from ._errors import ConvergenceWarning, DivergenceError, InputError, warn
 from ._implicit import implicit_solution
 from ._optim.base import AbstractOptimizer
@@ -56,6 +57,7 @@ class _Minimization:
     optimizer_state: Any
     buffers: Any
     differentiate_init: bool
+    data_parallel: DataParallel | None = None
 
     def run(self, *, differentiable: bool, truncate: int | None, checkpoint: bool | int) -> Any:
         self._recorder = None if self.batches is None else _Recording(self.batches)
@@ -69,6 +71,7 @@ class _Minimization:
             optimizer_state=self.optimizer_state,
             buffers=self.buffers,
             return_info=True,
+            data_parallel=self.data_parallel,
         )
         if not differentiable:
             with torch.no_grad():
@@ -110,6 +113,7 @@ class _Minimization:
             solver,
             stationarity_tol=stationarity_tol,
             call="minimize",
+            data_parallel=self.data_parallel,
         )
 
 
@@ -126,6 +130,7 @@ def minimize(
     buffers: nn.Module | Tree | None = None,
     differentiate_init: bool = False,
     return_info: bool = False,
+    data_parallel: DataParallel | None = None,
 ) -> Tree | tuple[Tree, UnrollInfo]:
     """Minimize the inner loss and return θ* as a differentiable function of φ.
 
@@ -150,6 +155,10 @@ def minimize(
     - `adjoint`: how to differentiate.
     - `return_info`: also return the [`UnrollInfo`][implicitgrad.UnrollInfo] of the
       training run (its `state` continues training with `optimizer_state=`).
+    - `data_parallel`: an [`ig.DataParallel`][implicitgrad.DataParallel]: `train_loss` is
+      this process's shard; training averages every step's gradient, both adjoints
+      differentiate the global problem, and `.grad` receives this process's contribution
+      (complete it with `DataParallel.reduce_grads`).
 
     **Returns:**
 
@@ -184,6 +193,7 @@ def minimize(
         optimizer_state,
         buffers,
         differentiate_init,
+        data_parallel,
     )
     theta, info = adjoint.apply(problem)
     return (theta, info) if return_info else theta
@@ -209,6 +219,7 @@ class _FixedPoint:
     outer_params: Tree
     max_steps: int
     tol: float
+    data_parallel: DataParallel | None = None
 
     def run(self, *, differentiable: bool, truncate: int | None, checkpoint: bool | int) -> Any:
         call = "fixed_point"
@@ -222,6 +233,7 @@ class _FixedPoint:
         keep = self.max_steps if truncate is None else truncate
         residual = math.inf
         steps = 0
+        dp = bind(self.data_parallel, None, call=call)
         for steps in range(1, self.max_steps + 1):
             graph = differentiable and steps > self.max_steps - keep
             with torch.set_grad_enabled(graph):
@@ -232,6 +244,13 @@ class _FixedPoint:
                     "`fixed_point`: update(inner_params, outer_params) must return a tree shaped "
                     "like inner_params."
                 )
+            if dp is not None:
+                # The global map is the mean of the processes' maps.
+                flat = torch.cat([x.reshape(-1) for x in new_leaves])
+                flat = dp.mean_autograd(flat) if graph else dp.mean_(flat.detach())
+                chunks = flat.split([x.numel() for x in new_leaves])
+                new_leaves = [c.view_as(x) for c, x in zip(chunks, new_leaves)]
+                new = unflatten(spec, new_leaves)
             gap = torch.stack(
                 [torch.linalg.vector_norm((a - b).detach()) for a, b in zip(new_leaves, leaves)]
             )
@@ -267,6 +286,7 @@ class _FixedPoint:
             solver,
             stationarity_tol=stationarity_tol,
             call="fixed_point",
+            data_parallel=self.data_parallel,
         )
 
 
@@ -285,6 +305,7 @@ def fixed_point(
     tol: float = 1e-6,
     adjoint: AbstractAdjoint | None = None,
     return_info: bool = False,
+    data_parallel: DataParallel | None = None,
 ) -> Tree | tuple[Tree, FixedPointInfo]:
     """Iterate $\\theta \\leftarrow T(\\theta, \\phi)$ to its fixed point, differentiably in φ.
 
@@ -304,6 +325,10 @@ def fixed_point(
     - `max_steps`, `tol`: the stopping rule of the forward iteration.
     - `adjoint`: how to differentiate (default `ImplicitAdjoint()`).
     - `return_info`: also return a [`FixedPointInfo`][implicitgrad.FixedPointInfo].
+    - `data_parallel`: an [`ig.DataParallel`][implicitgrad.DataParallel]: `update` is this
+      process's term; the global map is their mean (one `all_reduce` per iteration), and
+      `.grad` receives this process's contribution (complete it with
+      `DataParallel.reduce_grads`).
 
     Raises [`DivergenceError`][implicitgrad.DivergenceError] when the iterates become
     non-finite, and warns with `ConvergenceWarning` when `max_steps` is reached first.
@@ -325,6 +350,6 @@ def fixed_point(
         raise InputError(f"`fixed_point(max_steps=...)` must be a positive int, got {max_steps!r}.")
     if not (isinstance(tol, (int, float)) and tol >= 0):
         raise InputError(f"`fixed_point(tol=...)` must be a float >= 0, got {tol!r}.")
-    problem = _FixedPoint(update, inner_params, outer_params, max_steps, float(tol))
+    problem = _FixedPoint(update, inner_params, outer_params, max_steps, float(tol), data_parallel)
     theta, info = adjoint.apply(problem)
     return (theta, info) if return_info else theta

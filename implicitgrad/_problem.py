@@ -302,8 +302,11 @@ def build_condition(
     *,
     call: str,
     batch_size: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Condition:
-    """Evaluate the condition once with its graph kept, and check that it is finite."""
+    """Evaluate the condition once with its graph kept, and check that it is finite.
+
+    `reduce` (data-parallel) turns this process's gap into the global one before its norm."""
     batched = batch_size is not None
     theta_tree, phi_tree = unflatten(theta_spec, theta), unflatten(phi_spec, phi)
     if form.fixed_point:
@@ -343,7 +346,10 @@ def build_condition(
         output = list(grads)
         gap = [g.detach() for g in output]
         what = "the gradient of inner_loss w.r.t. inner_params"
-    norms = torch.linalg.vector_norm(_flat(gap, batch_size), dim=-1)
+    flat_gap = _flat(gap, batch_size)
+    if reduce is not None:
+        flat_gap = reduce(flat_gap.clone())
+    norms = torch.linalg.vector_norm(flat_gap, dim=-1)
     if batched:
         values = norms.tolist()
         stationarity = max(values) if values else 0.0
@@ -353,6 +359,13 @@ def build_condition(
         check_finite_leaves(theta, theta_spec, call=call, what="inner_params", error=InputError)
         check_finite_leaves(phi, phi_spec, call=call, what="outer_params", error=InputError)
         check_finite_leaves(output, theta_spec, call=call, what=what, error=InputError)
+        if reduce is not None:
+            # Every process saw the same non-finite global value; those whose own terms are
+            # finite must stop too, or they would wait for the others in the next collective.
+            raise InputError(
+                f"`{call}`: {what} is not finite on another process of the data-parallel "
+                "group (that process names the leaf)."
+            )
     return Condition(form, output, theta, phi, stationarity, batch_size, norms if batched else None)
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from ._distributed import DataParallel, Reducer, bind
 from ._errors import DivergenceError, InputError, warn
 from ._optim.base import AbstractOptimizer
 from ._recompute import Checkpoint
@@ -60,6 +61,7 @@ def unroll(
     optimizer_state: Any = ...,
     buffers: nn.Module | Tree | None = ...,
     return_info: Literal[False] = ...,
+    data_parallel: DataParallel | None = ...,
 ) -> Tree: ...
 @overload
 def unroll(
@@ -76,6 +78,7 @@ def unroll(
     optimizer_state: Any = ...,
     buffers: nn.Module | Tree | None = ...,
     return_info: Literal[True],
+    data_parallel: DataParallel | None = ...,
 ) -> tuple[Tree, UnrollInfo]: ...
 
 
@@ -93,6 +96,7 @@ def unroll(
     optimizer_state: Any = None,
     buffers: nn.Module | Tree | None = None,
     return_info: bool = False,
+    data_parallel: DataParallel | None = None,
 ) -> Tree | tuple[Tree, UnrollInfo]:
     """Train the inner parameters for $N$ steps, keeping the gradient path to the outer ones.
 
@@ -160,6 +164,14 @@ def unroll(
       so they are updated exactly once per step as in an ordinary training loop, and a
       switch to `eval()` before the outer loss does not change the recomputation.
     - `return_info`: also return an [`UnrollInfo`][implicitgrad.UnrollInfo].
+    - `data_parallel`: an [`ig.DataParallel`][implicitgrad.DataParallel]: `train_loss` is
+      this process's term of the mean over processes (its shard of each batch). The
+      gradient of every step is averaged with the autograd-aware
+      `torch.distributed.nn.functional.all_reduce` (together with the loss, one
+      collective of $n + 1$ floats per step), so every process takes the same steps and the
+      backward pass runs through the reductions; `info.losses` are the global losses. After
+      `backward()`, `.grad` holds this process's contribution: complete it with
+      `DataParallel.reduce_grads`.
 
     **Returns:**
 
@@ -231,7 +243,8 @@ def unroll(
         state = optimizer_state
     else:
         state = _map_tensors(torch.Tensor.detach, optimizer_state)
-    run = _Run(train_loss, optimizer, theta_spec, outer_params, n, *_module_state(buffers))
+    dp = bind(data_parallel, None, call=CALL)
+    run = _Run(train_loss, optimizer, theta_spec, outer_params, n, *_module_state(buffers), dp)
     losses: list[float] = []
     for t in range(n - k):
         theta, state = run.step(theta, state, _next(batch_iter, t, n), t, losses, graph=False)
@@ -273,6 +286,7 @@ class _Run:
         n: int,
         buffers: list[torch.Tensor],
         modules: list[nn.Module],
+        dp: Reducer | None = None,
     ) -> None:
         self.train_loss = train_loss
         self.optimizer = optimizer
@@ -282,6 +296,7 @@ class _Run:
         self.n = n
         self.buffers = buffers
         self.modules = modules
+        self.dp = dp
 
     def step(
         self,
@@ -303,10 +318,13 @@ class _Run:
                 unflatten(self.spec, leaves), self.phi if graph else self.phi_detached, batch, t
             )
             _check_loss(loss, t)
-            value = None if losses is None else self._loss_value(loss, leaves, t)
+            value = None if losses is None or self.dp else self._loss_value(loss, leaves, t)
             grads = torch.autograd.grad(
                 loss, leaves, create_graph=graph, allow_unused=True, materialize_grads=True
             )
+            if self.dp is not None:
+                grads, loss = self._mean(grads, loss, graph)
+                value = None if losses is None else self._loss_value(loss, leaves, t)
         params, grad_tree = unflatten(self.spec, leaves), unflatten(self.spec, grads)
         if graph:
             new_params, state = self.optimizer.step(params, grad_tree, state)
@@ -322,6 +340,18 @@ class _Run:
         if value is not None:
             losses.append(value)
         return list(new_leaves), state
+
+    def _mean(
+        self, grads: Sequence[torch.Tensor], loss: torch.Tensor, graph: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The global gradient and loss from this process's: one collective, through which
+        the backward pass runs when the step is differentiated."""
+        dp = self.dp
+        assert dp is not None
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1)])
+        flat = dp.mean_autograd(flat) if graph else dp.mean_(flat.detach())
+        chunks = flat.split([g.numel() for g in grads] + [1])
+        return [c.view_as(g) for c, g in zip(chunks, grads)], chunks[-1].reshape(())
 
     def _loss_value(self, loss: torch.Tensor, theta: Sequence[torch.Tensor], t: int) -> float:
         """The loss as a float, checked to be finite (one host sync per step)."""
