@@ -240,6 +240,41 @@ def unrendered_markup(page_html: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# Checker 4: the built pages work offline and show tables as tables.
+
+MATHJAX = "javascripts/vendor/mathjax/tex-svg-full.js"
+_SCRIPT_SRC = re.compile(r"""<script\b[^>]*\bsrc=["']?(?P<src>[^"' >]+)""", re.IGNORECASE)
+_PRE = re.compile(r"<pre\b.*?</pre>", re.DOTALL)
+_TABLE_RULE = re.compile(r"^\s*\|(\s*:?-{3,}:?\s*\|)+\s*$", re.MULTILINE)
+
+
+def external_scripts(page_html: str) -> list[str]:
+    """Scripts a page would fetch from another host (`http://`, `https://`, `//host`)."""
+    return [
+        m["src"]
+        for m in _SCRIPT_SRC.finditer(page_html)
+        if re.match(r"(https?:)?//", m["src"], re.IGNORECASE)
+    ]
+
+
+def tables_in_code(page_html: str) -> int:
+    """How many code blocks of a page hold a Markdown table (it should have been rendered)."""
+    return sum(
+        1
+        for block in _PRE.findall(page_html)
+        if _TABLE_RULE.search(html.unescape(re.sub(r"<[^>]+>", "", block)))
+    )
+
+
+def signature_of(page_html: str, identifier: str) -> str:
+    """The text of the signature block that follows the heading `id="identifier"`."""
+    start = page_html.index(f'id="{identifier}"')
+    m = re.search(r'<div class="doc-signature[^"]*">(.*?)</div>', page_html[start:], re.DOTALL)
+    assert m is not None, f"{identifier}: no separate signature block"
+    return html.unescape(re.sub(r"<[^>]+>", "", m[1]))
+
+
+# --------------------------------------------------------------------------------------------
 # The tests.
 
 
@@ -427,6 +462,48 @@ def test_rendering_check_reports_raw_markdown() -> None:
     assert len(unrendered_markup(bad)) == 3
 
 
+def test_offline_checks_report_external_scripts_and_tables_in_code() -> None:
+    good = (
+        '<script src="../javascripts/vendor/mathjax/tex-svg-full.js"></script>'
+        "<pre><code>| not | a table |</code></pre><table><tr><td>1</td></tr></table>"
+    )
+    assert external_scripts(good) == [] and tables_in_code(good) == 0
+    bad = (
+        '<script src="https://unpkg.com/mathjax@3/es5/tex-mml-chtml.js"></script>'
+        "<script src=//cdn.example/x.js></script>"
+        '<pre><span class="n">| a | b |</span>\n<span>|---|---|</span>\n| 1 | 2 |</pre>'
+    )
+    assert external_scripts(bad) == ["https://unpkg.com/mathjax@3/es5/tex-mml-chtml.js"] + [
+        "//cdn.example/x.js"
+    ]
+    assert tables_in_code(bad) == 1
+
+
+def test_pages_name_every_registered_commentary() -> None:
+    """The pages that list the commentary plugins name each one `commentaries list` shows."""
+    import implicitgrad as ig
+
+    if _import_commentaries() is None:
+        pytest.skip("the commentaries distribution is not installed")
+    # Only this distribution's commentaries: a test may have registered others.
+    names = [
+        n
+        for n in ig.plugins.available()
+        if ig.plugins.load(n).__module__.startswith("implicitgrad_commentaries")
+    ]
+    assert {"blending", "masks", "weighting"} <= set(names)
+    for page in ["api/plugins.md", "commentaries.md"]:
+        text = (DOCS / page).read_text(encoding="utf-8")
+        missing = [n for n in names if f"`{n}`" not in text and f'"{n}"' not in text]
+        assert not missing, f"docs/{page} does not name the registered commentaries {missing}"
+    number = {2: "two", 3: "three", 4: "four", 5: "five"}
+    for page in sorted(DOCS.rglob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for count, word in number.items():
+            if count != len(names) and re.search(rf"\b{word} commentaries\b", text, re.I):
+                pytest.fail(f"{page.relative_to(DOCS)} says {word} commentaries, not {len(names)}")
+
+
 def test_example_check_reports_a_broken_docstring_example(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -483,5 +560,19 @@ def test_site_builds_strictly_with_math_and_highlighting(tmp_path: Path) -> None
     api = (site / "api" / "hypergradients" / "index.html").read_text(encoding="utf-8")
     assert 'id="implicitgrad.hypergrad"' in api
     assert "<strong>Arguments:</strong>" in api
-    # The MathJax script is referenced for the reader's browser, never fetched by the build.
-    assert "javascripts/mathjax.js" in api
+    # Math renders with no network: every page loads the MathJax shipped with the site, and
+    # no page loads a script from another host.
+    assert (site / MATHJAX).stat().st_size > 1_000_000, "the vendored MathJax is missing"
+    for page in sorted(site.rglob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        name = page.relative_to(site)
+        assert not external_scripts(text), f"{name} loads {external_scripts(text)}"
+        assert "fonts.googleapis.com" not in text, f"{name} loads web fonts"
+        if 'class="arithmatex"' in text:
+            assert MATHJAX in text and "javascripts/mathjax.js" in text, f"{name}: no MathJax"
+        assert not tables_in_code(text), f"{name} shows a Markdown table as code"
+    # Signatures are formatted (mkdocstrings runs ruff, from the docs extra): one parameter
+    # per line instead of a single line that scrolls sideways.
+    signature = signature_of(api, "implicitgrad.hypergrad")
+    assert signature.startswith("hypergrad(\n    inner_loss: "), signature
+    assert len(signature.splitlines()) > 5 and max(map(len, signature.splitlines())) < 80

@@ -1,5 +1,6 @@
 // MathJax configuration for pymdownx.arithmatex (generic mode), as documented by
-// mkdocs-material. The MathJax library itself is loaded by the browser.
+// mkdocs-material. The library is vendor/mathjax/tex-svg-full.js, served with the site:
+// it holds every TeX extension and its fonts, so rendering needs no network.
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"]],

@@ -5,9 +5,9 @@ has four parts: `commentaries` (the contract and the built-in plugins), `dataset
 sets and readers), `learning` (learning, reusing, saving and loading a commentary) and
 `cli` (the command line). It provides the commentary contract
 ([`AbstractCommentary`][implicitgrad_commentaries.AbstractCommentary]),
-two commentaries registered as implicitgrad plugins (`weighting`, `blending`), a learner
-for their parameters (Algorithm 1 through `implicitgrad.unroll`, Algorithm 2 through
-`implicitgrad.hypergrad` with any solver), a trainer that reuses a learned commentary on
+three commentaries registered as implicitgrad plugins (`weighting`, `blending`, `masks`),
+a learner for their parameters (Algorithm 1 through `implicitgrad.unroll`, Algorithm 2
+through `implicitgrad.hypergrad` with any solver), a trainer that reuses a learned commentary on
 fresh students, datasets, and the `commentaries` command line.
 """
 

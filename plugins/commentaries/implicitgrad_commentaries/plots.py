@@ -78,7 +78,9 @@ def plot_weights(commentary: AbstractCommentary, data: Dataset, out: Path) -> Pa
         title="by difficulty (logistic-regression confidence)",
     )
     axes[1].legend()
-    fig.suptitle(f"Learned example weights on {commentary.spec.name}")
+    normalized = bool(getattr(commentary, "config", {}).get("normalize", False))
+    loss = "normalized loss Σ w·CE / Σ w" if normalized else "paper's loss mean(w·CE)"
+    fig.suptitle(f"Learned example weights on {commentary.spec.name}, {loss}")
     fig.tight_layout()
     path = out / "weights.png"
     fig.savefig(path, dpi=120)
@@ -90,17 +92,30 @@ def plot_blending(commentary: AbstractCommentary, out: Path) -> Path:
     """Write `blending.png`: a heat map of a blending commentary's share $1 - \\lambda$."""
     lam = commentary.proportions().numpy()  # type: ignore[operator]
     names = commentary.spec.classes
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    im = ax.imshow(1.0 - lam, cmap="viridis")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="class of the blended-in example j", ylabel="class of example i")
-    ax.set_title("Learned blending: 1 - λ (share of example j)")
+    share = 1.0 - lam
+    fig, ax = plt.subplots(figsize=(8, 7))
+    im = ax.imshow(share, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, fontsize=12)
+    ax.set_yticks(range(len(names)), names, fontsize=12)
+    ax.set_xlabel("class of the blended-in example j", fontsize=12)
+    ax.set_ylabel("class of example i", fontsize=12)
+    ax.set_title(f"Learned blending share 1 − λ on {commentary.spec.name}", fontsize=13)
     if len(names) <= 12:
+        # Dark text on the light end of viridis, white on the dark end.
+        light = share > share.min() + 0.6 * (share.max() - share.min())
         for i in range(len(names)):
             for j in range(len(names)):
-                ax.text(j, i, f"{1 - lam[i, j]:.2f}", ha="center", va="center", fontsize=6)
-    fig.colorbar(im, ax=ax)
+                ax.text(
+                    j,
+                    i,
+                    f"{share[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=10,
+                    color="black" if light[i, j] else "white",
+                )
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.ax.tick_params(labelsize=11)
     fig.tight_layout()
     path = out / "blending.png"
     fig.savefig(path, dpi=120)
