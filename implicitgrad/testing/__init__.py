@@ -9,6 +9,7 @@ from ._quadratic import QuadraticProblem as QuadraticProblem
 from ._quadratic import random_quadratic as random_quadratic
 from ._ridge import RidgeProblem as RidgeProblem
 from ._ridge import ridge_problem as ridge_problem
+from ._solve_inner import solve_inner as solve_inner
 
 __all__ = [
     "finite_difference_hypergrad",
@@ -16,4 +17,5 @@ __all__ = [
     "random_quadratic",
     "RidgeProblem",
     "ridge_problem",
+    "solve_inner",
 ]
