@@ -8,11 +8,7 @@ point runs in one launch to keep the cost of starting the processes (a few secon
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +20,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 import _dp_worker as worker  # noqa: E402
+from _dp_launch import launch  # noqa: E402
 
 # Mean of two local means against one mean over the union, then up to 40 solver products:
 # rounding differences of a few ulps, far below this bound.
@@ -33,46 +30,6 @@ pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="torch.distributed with gloo is not available",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(args: list[str], world: int, tmp: Path, timeout: float = 60.0):
-    """Start `world` processes of `args + [rank, world, port, tmp]`; kill all at `timeout`.
-
-    Returns the exit codes, the seconds until the last one ended, and the logs."""
-    port = str(free_port())
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    logs = [open(tmp / f"log{r}", "w+") for r in range(world)]
-    start = time.monotonic()
-    procs = [
-        subprocess.Popen(
-            [*args, str(r), str(world), port, str(tmp)],
-            stdout=logs[r],
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        for r in range(world)
-    ]
-    codes = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout=max(0.1, timeout - (time.monotonic() - start))))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            codes.append(None)
-    elapsed = time.monotonic() - start
-    text = []
-    for f in logs:
-        f.seek(0)
-        text.append(f.read())
-        f.close()
-    return codes, elapsed, text
 
 
 @pytest.fixture(scope="module")

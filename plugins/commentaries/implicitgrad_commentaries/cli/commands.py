@@ -31,6 +31,7 @@ from ..learning.checkpoint import (
     versions,
 )
 from ..learning.device import resolve_device
+from ..learning.distributed import join
 from ..learning.learner import METHODS, Implicit, LearnHistory, Schedule, Unroll, learn
 from ..learning.reuse import TrainConfig, compare, format_table, summarize
 from .checks import UsageError, WorkError, writable_dir, writable_file, writable_folder
@@ -191,7 +192,12 @@ def prepare_learn(args: argparse.Namespace) -> Work:
     make_student(args.student, data.spec)  # a CNN on vector data is refused here
 
     def work() -> None:
-        bar = _progress(args.steps, f"learn {args.name} ({method!r:.40})", args.quiet)
+        # Under torchrun: every process learns on its slice of each batch; only the first
+        # shows progress and writes. A failing process exits, and the others fail at their
+        # next collective (or after the group's timeout).
+        procs = join(device)
+        quiet = args.quiet or not procs.is_main
+        bar = _progress(args.steps, f"learn {args.name} ({method!r:.40})", quiet)
 
         def tick(step: int, val_loss: float) -> None:
             bar.update(1)
@@ -207,7 +213,8 @@ def prepare_learn(args: argparse.Namespace) -> Work:
             batch_size=args.batch_size,
             seed=args.seed,
             callback=tick,
-            device=device,
+            device=procs.device,
+            data_parallel=procs.data_parallel,
         )
         bar.close()
         failure = history.failure(args.steps)
@@ -217,11 +224,15 @@ def prepare_learn(args: argparse.Namespace) -> Work:
             raise WorkError(
                 f"learning failed: {failure}. {_advice(args, method, history)} ({kept})"
             )
+        procs.close()
+        if not procs.is_main:
+            return
         settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "debug")}
         extra = {
             "learn": settings,
             "method": repr(method),
             "device": str(device),
+            "processes": procs.world,
             "history": history.to_json(),
         }
         metrics = json.dumps(extra, indent=2)

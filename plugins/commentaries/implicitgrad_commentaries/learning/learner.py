@@ -296,6 +296,7 @@ def learn(
     seed: int = 0,
     callback: Callable[[int, float], None] | None = None,
     device: str | torch.device | None = None,
+    data_parallel: ig.DataParallel | None = None,
 ) -> LearnHistory:
     """Fit the commentary's parameters $\\phi$ to a student's validation loss, in place.
 
@@ -318,6 +319,13 @@ def learn(
     - `callback`: called as `callback(step, val_loss)` after every meta-step (progress bars).
     - `device`: where the students, the commentary and the batches live (default: the
       device of `data`); the commentary is moved there in place.
+    - `data_parallel`: an [`ig.DataParallel`][implicitgrad.DataParallel] to learn on
+      every process of a `torch.distributed` group (e.g. under `torchrun`): every process
+      draws the same global batches and trains on its contiguous slice of each (the batch
+      size must be divisible by the number of processes); the hypergradient and the
+      validation loss are averaged, so the commentary stays identical everywhere and equals
+      the one-process result for commentaries whose loss is a mean of per-example terms
+      (weighting; blending pairs the examples of each process's slice instead).
 
     **Returns:**
 
@@ -370,7 +378,7 @@ def learn(
     history = LearnHistory(method.name)
     start = time.perf_counter()
     commentary.train()
-    step_fn = _meta_steps(commentary, data, method, student, batch_size, seed, gen)
+    step_fn = _meta_steps(commentary, data, method, student, batch_size, seed, gen, data_parallel)
     for step in range(steps):
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -473,11 +481,13 @@ def meta_gradient(
     optimizer: ig.AbstractOptimizer,
     adjoint: ig.AbstractAdjoint,
     optimizer_state: Any = None,
+    data_parallel: ig.DataParallel | None = None,
 ) -> tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor], Any]:
     """One meta-step of any schedule: train the student `fn` from `theta` on `batches`
     (`(x, y, seed, progress)` each) with [`ig.minimize`][implicitgrad.minimize], and
     differentiate its validation cross-entropy on `val_batch` with respect to the
-    commentary's parameters through `adjoint`.
+    commentary's parameters through `adjoint`. With `data_parallel` the batches are this
+    process's slices; the returned loss and hypergradient are the global ones.
 
     **Returns:**
 
@@ -494,11 +504,16 @@ def meta_gradient(
         adjoint=adjoint,
         optimizer_state=optimizer_state,
         return_info=True,
+        data_parallel=data_parallel,
     )
-    xv, yv = val_batch
+    xv, yv = val_batch[:2]
     loss = F.cross_entropy(fn(theta_n, commentary.student_inputs(phi, xv)), yv)
+    if len(val_batch) > 2:  # a process's slice of unequal size: its share of the mean
+        loss = loss * val_batch[2]
     grads = torch.autograd.grad(loss, list(phi.values()), allow_unused=True)
     hg = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(phi.items(), grads)}
+    if data_parallel is not None:
+        loss, hg = _global(data_parallel, loss.detach(), phi, hg)
     trained = {k: v.detach() for k, v in theta_n.items()}
     state = torch.utils._pytree.tree_map(
         lambda x: x.detach() if isinstance(x, torch.Tensor) else x, info.state
@@ -533,6 +548,42 @@ def unrolled_hypergrad(
     return loss, hg
 
 
+def _global(
+    dp: ig.DataParallel, loss: torch.Tensor, phi: dict[str, torch.Tensor], hg: dict
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The mean validation loss over processes and the global hypergradient."""
+    import torch.distributed as dist
+
+    for name, p in phi.items():
+        p.grad = hg[name]
+    dp.reduce_grads(phi)
+    loss = loss.clone()
+    dist.all_reduce(loss, group=dp.group)
+    return loss / dp.world_size, {k: p.grad for k, p in phi.items()}
+
+
+def _shard(dp: ig.DataParallel, batches: list[tuple], val_batch: tuple) -> tuple[list, tuple]:
+    """This process's contiguous slice of every global batch; the validation slice
+    carries its weight $W n_r / n$ when the slices are unequal."""
+    import torch.distributed as dist
+
+    world, rank = dp.world_size, dist.get_rank(dp.group)
+    mine = []
+    for x, y, *rest in batches:
+        if x.shape[0] % world:
+            raise InputError(
+                f"`learn(data_parallel=...)`: a training batch of {x.shape[0]} examples "
+                f"cannot be split evenly over {world} processes. Choose a batch size "
+                f"divisible by {world}."
+            )
+        mine.append((x.tensor_split(world)[rank], y.tensor_split(world)[rank], *rest))
+    xv, yv = val_batch
+    xs, ys = xv.tensor_split(world)[rank], yv.tensor_split(world)[rank]
+    if xv.shape[0] % world:
+        return mine, (xs, ys, world * xs.shape[0] / xv.shape[0])
+    return mine, (xs, ys)
+
+
 def _meta_steps(
     commentary: AbstractCommentary,
     data: Dataset,
@@ -541,6 +592,7 @@ def _meta_steps(
     batch_size: int,
     seed: int,
     gen: torch.Generator,
+    data_parallel: ig.DataParallel | None = None,
 ) -> Callable[[int], tuple[float, dict]]:
     optimizer, adjoint = method.make_optimizer(), method.adjoint
     state: dict[str, Any] = {}
@@ -554,6 +606,8 @@ def _meta_steps(
                 state.update(seed=restart, fn=fn, theta0={k: v.detach() for k, v in theta0.items()})
             state["theta"], state["opt"] = state["theta0"], None
         batches, val_batch = method.draw(data, batch_size, gen, method.position(meta_step))
+        if data_parallel is not None:
+            batches, val_batch = _shard(data_parallel, batches, val_batch)
         val, hg, state["theta"], state["opt"] = meta_gradient(
             commentary,
             state["fn"],
@@ -563,6 +617,7 @@ def _meta_steps(
             optimizer,
             adjoint,
             state["opt"],
+            data_parallel,
         )
         return val, hg
 
