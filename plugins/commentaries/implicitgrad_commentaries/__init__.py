@@ -19,6 +19,16 @@ from .commentaries.base import DataSpec as DataSpec
 from .commentaries.blending import BlendingCommentary as BlendingCommentary
 from .commentaries.masks import MaskCommentary as MaskCommentary
 from .commentaries.weighting import WeightingCommentary as WeightingCommentary
+from .datasets.episodes import ClassSplit as ClassSplit
+from .datasets.episodes import EpisodicDataset as EpisodicDataset
+from .datasets.episodes import Task as Task
+from .datasets.episodes import TaskSampler as TaskSampler
+from .datasets.fewshot import FEWSHOT_DATASETS as FEWSHOT_DATASETS
+from .datasets.fewshot import load_fewshot_dataset as load_fewshot_dataset
+from .datasets.fewshot import load_fewshot_digits as load_fewshot_digits
+from .datasets.fewshot_readers import read_miniimagenet_pickle as read_miniimagenet_pickle
+from .datasets.fewshot_readers import read_omniglot_folder as read_omniglot_folder
+from .datasets.glyphs import make_glyphs as make_glyphs
 
 # The module `learn` is imported before the function of that name is bound here, so that
 # a later `import implicitgrad_commentaries.learn` does not replace the function.
@@ -55,4 +65,14 @@ __all__ = [
     "TrainConfig",
     "save_commentary",
     "load_commentary",
+    "Task",
+    "ClassSplit",
+    "EpisodicDataset",
+    "TaskSampler",
+    "FEWSHOT_DATASETS",
+    "load_fewshot_dataset",
+    "load_fewshot_digits",
+    "make_glyphs",
+    "read_miniimagenet_pickle",
+    "read_omniglot_folder",
 ]
