@@ -18,6 +18,7 @@ from .commentaries.base import AbstractCommentary as AbstractCommentary
 from .commentaries.base import DataSpec as DataSpec
 from .commentaries.blending import BlendingCommentary as BlendingCommentary
 from .commentaries.masks import MaskCommentary as MaskCommentary
+from .commentaries.mixup import Mixup as Mixup
 from .commentaries.weighting import WeightingCommentary as WeightingCommentary
 from .datasets.episodes import ClassSplit as ClassSplit
 from .datasets.episodes import EpisodicDataset as EpisodicDataset
@@ -55,6 +56,7 @@ __all__ = [
     "WeightingCommentary",
     "BlendingCommentary",
     "MaskCommentary",
+    "Mixup",
     "learn",
     "Unroll",
     "Implicit",

@@ -8,8 +8,9 @@ python -m implicitgrad_commentaries.demo [--out DIR] [--seeds 3] [--device auto]
    differentiation with the paper's estimator (one Neumann term, $\\alpha$ = the student's
    learning rate), and saves it to `DIR`.
 2. Reloads it from disk and trains fresh convolutional students with it, against a
-   baseline without blending, random blending proportions, and the unlearned initial matrix
-   ($M = -1$), over several seeds.
+   baseline without blending, random blending proportions, the unlearned initial matrix
+   ($M = -1$) and mixup ($\lambda \sim \mathrm{Beta}(1, 1)$, Zhang et al., 2018), over
+   several seeds.
 3. Prints the mean ± std test accuracy at fractions of training and writes the metrics as
    JSON and the heatmap of $M$ as PNG into `DIR`.
 

@@ -106,16 +106,23 @@ class BlendingCommentary(AbstractCommentary):
         return (lam * ce_i + (1 - lam) * ce_j).mean()
 
     def controls(self, x: torch.Tensor | None = None) -> dict[str, AbstractCommentary]:
-        """Random blending proportions, and the unlearned initial matrix.
+        """Random blending proportions, the unlearned initial matrix, and mixup.
+
+        Mixup ([`Mixup`][implicitgrad_commentaries.Mixup], Zhang et al., 2018) is the
+        baseline the paper compares learned blending against.
 
         **Returns:**
 
-        `{"random blending": mode="random", "fixed M = init (unlearned)": the initial M}`.
+        `{"random blending": mode="random", "fixed M = init (unlearned)": the initial M,
+        "mixup (α = 1)": Mixup(alpha=1.0)}`.
         """
+        from .mixup import Mixup
+
         init = self.config["init"]
         return {
             "random blending": BlendingCommentary(self.spec, init=init, mode="random"),
             f"fixed M = {init:g} (unlearned)": BlendingCommentary(self.spec, init=init),
+            "mixup (α = 1)": Mixup(self.spec, alpha=1.0),
         }
 
     def describe(self) -> str:
