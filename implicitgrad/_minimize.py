@@ -195,7 +195,13 @@ def minimize(
         differentiate_init,
         data_parallel,
     )
-    theta, info = adjoint.apply(problem)
+    try:
+        theta, info = adjoint.apply(problem)
+    except (InputError, DivergenceError) as err:
+        # minimize trains with unroll; its messages should name the call the user made.
+        if str(err).startswith("`unroll"):
+            raise type(err)("`minimize" + str(err)[len("`unroll") :]) from err
+        raise
     return (theta, info) if return_info else theta
 
 
@@ -220,6 +226,10 @@ class _FixedPoint:
     max_steps: int
     tol: float
     data_parallel: DataParallel | None = None
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        self._phi_detached = _detach(self.outer_params)
 
     def run(self, *, differentiable: bool, truncate: int | None, checkpoint: bool | int) -> Any:
         call = "fixed_point"
@@ -236,8 +246,16 @@ class _FixedPoint:
         dp = bind(self.data_parallel, None, call=call)
         for steps in range(1, self.max_steps + 1):
             graph = differentiable and steps > self.max_steps - keep
-            with torch.set_grad_enabled(graph):
-                new = self.update(theta, self.outer_params if graph else _detach(self.outer_params))
+            # Grad mode stays on in every step, so that an update map which differentiates
+            # inside (a gradient step) works; steps that are not differentiated start from
+            # detached leaves, so their graphs are freed at once.
+            inputs = [
+                x if graph and x.requires_grad else x.detach().requires_grad_() for x in leaves
+            ]
+            with torch.enable_grad():
+                new = self.update(
+                    unflatten(spec, inputs), self.outer_params if graph else self._phi_detached
+                )
             new_leaves, new_spec = flatten(new, call=call, name="update(...)")
             if new_spec != spec:
                 raise InputError(
@@ -263,6 +281,9 @@ class _FixedPoint:
                     f"`fixed_point`: the iterates became NaN or Inf at step {steps}: the update "
                     "map is not a contraction here. Check the map, or damp it."
                 )
+            if not graph:
+                new_leaves = [x.detach() for x in new_leaves]
+                new = unflatten(spec, new_leaves)
             theta, leaves = new, new_leaves
             if residual <= self.tol and not (differentiable and truncate is None):
                 break
@@ -280,7 +301,7 @@ class _FixedPoint:
         self, theta: Tree, solver: AbstractSolver | str | None, stationarity_tol: float | None
     ) -> Tree:
         return implicit_solution(
-            Form(self.update, fixed_point=True, symmetric=False),
+            Form(self.update, fixed_point=True, symmetric=self.symmetric),
             theta,
             self.outer_params,
             solver,
@@ -306,6 +327,7 @@ def fixed_point(
     adjoint: AbstractAdjoint | None = None,
     return_info: bool = False,
     data_parallel: DataParallel | None = None,
+    symmetric: bool = False,
 ) -> Tree | tuple[Tree, FixedPointInfo]:
     """Iterate $\\theta \\leftarrow T(\\theta, \\phi)$ to its fixed point, differentiably in φ.
 
@@ -325,6 +347,9 @@ def fixed_point(
     - `max_steps`, `tol`: the stopping rule of the forward iteration.
     - `adjoint`: how to differentiate (default `ImplicitAdjoint()`).
     - `return_info`: also return a [`FixedPointInfo`][implicitgrad.FixedPointInfo].
+    - `symmetric`: declare $\\partial T/\\partial\\theta$ symmetric (a gradient step), as in
+      [`fixed_point_hypergrad`][implicitgrad.fixed_point_hypergrad]; the implicit adjoint
+      then defaults to CG and accepts it.
     - `data_parallel`: an [`ig.DataParallel`][implicitgrad.DataParallel]: `update` is this
       process's term; the global map is their mean (one `all_reduce` per iteration), and
       `.grad` receives this process's contribution (complete it with
@@ -350,6 +375,8 @@ def fixed_point(
         raise InputError(f"`fixed_point(max_steps=...)` must be a positive int, got {max_steps!r}.")
     if not (isinstance(tol, (int, float)) and tol >= 0):
         raise InputError(f"`fixed_point(tol=...)` must be a float >= 0, got {tol!r}.")
-    problem = _FixedPoint(update, inner_params, outer_params, max_steps, float(tol), data_parallel)
+    problem = _FixedPoint(
+        update, inner_params, outer_params, max_steps, float(tol), data_parallel, bool(symmetric)
+    )
     theta, info = adjoint.apply(problem)
     return (theta, info) if return_info else theta

@@ -156,7 +156,9 @@ def check_finite_leaves(
     for i, leaf in enumerate(leaves):
         if not bool(torch.isfinite(leaf.detach()).all()):
             kind = "NaN" if bool(torch.isnan(leaf.detach()).any()) else "Inf"
-            raise error(f"`{call}`: {kind} in {what}{leaf_path(spec, i)}. {_FIX[what]}")
+            path = leaf_path(spec, i)
+            where = what if path == "<root>" else f"{what}{path}"
+            raise error(f"`{call}`: {kind} in {where}. {_FIX[what]}")
     # Only the sum overflowed; every entry is finite.
 
 
@@ -373,22 +375,25 @@ class FuncCondition(Condition):
     """The condition with its products formed by `torch.func` instead of a reused graph.
 
     `torch.compile`d functions have a backward that autograd cannot differentiate again
-    (AOTAutograd), but `torch.func.grad` and `torch.func.vjp` trace through them; so a
-    compiled loss is linearized once with `torch.func.vjp` of its gradient (or of the update
-    map), and every product applies that linearization. Slower than the graph-reusing path,
-    which stays the default.
+    (AOTAutograd). Under `torch.func` transforms TorchDynamo does not compile, so the loss is
+    linearized eagerly, once, with `torch.func.vjp` of its gradient (or of the update map),
+    and every product applies that linearization. A function returned by `torch.compile` is
+    unwrapped to the original Python function first, so that running it under torch.func
+    does not mark its code as uncompilable for the rest of the process. Slower than the
+    graph-reusing path, which stays the default.
     """
 
     def _fn(self, theta_spec: TreeDef, phi_spec: TreeDef):
         form = self.form
+        fn = getattr(form.fn, "_torchdynamo_orig_callable", form.fn)
 
         def condition(theta: list[torch.Tensor], phi: list[torch.Tensor]) -> list[torch.Tensor]:
             if form.fixed_point:
-                out = form.fn(unflatten(theta_spec, theta), unflatten(phi_spec, phi))
+                out = fn(unflatten(theta_spec, theta), unflatten(phi_spec, phi))
                 return list(pytree.tree_leaves(out))
 
             def loss(th: list[torch.Tensor]) -> torch.Tensor:
-                return form.fn(unflatten(theta_spec, th), unflatten(phi_spec, phi))
+                return fn(unflatten(theta_spec, th), unflatten(phi_spec, phi))
 
             return list(torch.func.grad(loss)(theta))
 

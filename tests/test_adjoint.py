@@ -160,3 +160,42 @@ def test_compiled_inner_loss_is_differentiated_with_torch_func():
     phi = prob.outer_params.clone().requires_grad_(True)
     prob.outer_loss(ig.implicit(compiled, theta, phi, ig.CG(tol=1e-12)), phi).backward()
     assert torch.allclose(phi.grad, ref, rtol=1e-10)
+
+
+def test_fixed_point_with_a_gradient_step_update_and_symmetric_cg():
+    """An update map that differentiates inside (θ - η∇f) works in every forward step, and
+    declared symmetric it is solved with CG."""
+    prob = ridge_problem(40, 4, seed=7)
+    eta = 0.5 / float(torch.linalg.eigvalsh(prob._system(prob.outer_params)).max())
+
+    def step(w, phi):
+        (g,) = torch.autograd.grad(prob.inner_loss(w, phi), w, create_graph=True)
+        return w - eta * g
+
+    exact = prob.exact_hypergrad(prob.outer_params)
+    for adjoint, symmetric in [(ig.ImplicitAdjoint("cg"), True), (None, False)]:
+        phi = prob.outer_params.clone().requires_grad_(True)
+        theta = ig.fixed_point(
+            step,
+            torch.zeros(4, dtype=F64),
+            phi,
+            max_steps=5000,
+            tol=1e-15,
+            adjoint=adjoint,
+            symmetric=symmetric,
+        )
+        prob.outer_loss(theta, phi).backward()
+        # Converged to rounding: the hypergradient is the closed form to the solver's tol.
+        assert torch.allclose(phi.grad, exact, rtol=1e-5)
+
+
+def test_minimize_errors_name_minimize():
+    with pytest.raises(ig.DivergenceError, match=r"^`minimize`"):
+        ig.minimize(
+            lambda w, p, b, s: (w**2).sum() * 1e3 + p * w.sum(),
+            torch.ones(3, dtype=F64),
+            torch.tensor(0.0, dtype=F64, requires_grad=True),
+            None,
+            ig.SGD(lr=10.0),
+            steps=200,
+        )

@@ -128,8 +128,8 @@ class AbstractSolver(abc.ABC):
 
     - first call `self.check_operator(operator)`, which refuses with
       [`InputError`][implicitgrad.InputError] an operator outside the solver's
-      assumptions, as declared by the class attributes `requires_symmetric` and
-      `supports_batch`;
+      assumptions, as declared by the class attributes `requires_symmetric`,
+      `requires_positive_definite` and `supports_batch`;
     - not change `b`;
     - raise [`SolverError`][implicitgrad.SolverError] where its answer would be wrong
       (NaN/Inf, breakdown, divergence);
@@ -158,6 +158,9 @@ class AbstractSolver(abc.ABC):
 
     #: The solver is only correct for symmetric operators (CG, Nyström).
     requires_symmetric: ClassVar[bool] = False
+    #: The solver is only correct for positive-definite operators; it refuses those tagged
+    #: `positive_definite=False` (and detects negative curvature in the others, like CG).
+    requires_positive_definite: ClassVar[bool] = False
     #: The solver accepts `operator.batch_size` (independent systems solved together).
     supports_batch: ClassVar[bool] = False
 
@@ -166,12 +169,17 @@ class AbstractSolver(abc.ABC):
         name = type(self).__name__
         if self.requires_symmetric and not operator.symmetric:
             raise InputError(
-                f"`{name}` assumes a symmetric operator, but it received a non-symmetric one "
-                "(in fixed_point_hypergrad, I - ∂T/∂θ is symmetric only when the update map "
-                "is a gradient step). A symmetric solver would return a wrong answer here. "
+                f"`{name}` assumes a symmetric operator, but it received one not known to be "
+                "symmetric (the fixed-point form's I - ∂T/∂θ is symmetric only when the update "
+                "map is a gradient step). A symmetric solver could return a wrong answer here. "
                 f"Use a solver for general systems: {_GENERAL}; or, if the update map T is "
-                "a gradient step θ - α∇f, say so with fixed_point_hypergrad(..., "
-                "symmetric=True)."
+                "a gradient step θ - α∇f, declare it with symmetric=True (fixed_point_hypergrad "
+                "and fixed_point take it)."
+            )
+        if self.requires_positive_definite and operator.positive_definite is False:
+            raise InputError(
+                f"`{name}` needs a positive-definite operator, but it received one known not to "
+                f"be. Use {_GENERAL}."
             )
         if operator.batch_size is not None and not self.supports_batch:
             raise InputError(

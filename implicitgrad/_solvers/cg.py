@@ -84,6 +84,7 @@ class CG(AbstractSolver):
     damping: float = 0.0
 
     requires_symmetric = True
+    requires_positive_definite = True
     supports_batch = True
 
     def __post_init__(self) -> None:

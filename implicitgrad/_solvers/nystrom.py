@@ -102,6 +102,7 @@ class Nystrom(AbstractSolver):
     compute_residual: bool = False
 
     requires_symmetric = True
+    requires_positive_definite = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
