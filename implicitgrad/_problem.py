@@ -84,9 +84,21 @@ def _wrap_user_error(call: str, fn_name: str, err: Exception, theta: Any, phi: A
     )
 
 
+def uncompiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The Python function behind a `torch.compile` wrapper (`fn` itself otherwise).
+
+    The condition is differentiated twice, which AOTAutograd's compiled backward does not
+    allow; the original function computes the same values and takes the graph-reusing path.
+    A compiled function hidden inside the user's own callable is still handled, by the
+    torch.func fallback of `FuncCondition`.
+    """
+    return getattr(fn, "_torchdynamo_orig_callable", fn)
+
+
 def _invoke(
     fn: Callable[..., Any], theta: Any, phi: Any, *, call: str, fn_name: str, batched: bool
 ) -> Any:
+    fn = uncompiled(fn)
     try:
         return torch.func.vmap(fn)(theta, phi) if batched else fn(theta, phi)
     except ImplicitGradError:
@@ -385,7 +397,7 @@ class FuncCondition(Condition):
 
     def _fn(self, theta_spec: TreeDef, phi_spec: TreeDef):
         form = self.form
-        fn = getattr(form.fn, "_torchdynamo_orig_callable", form.fn)
+        fn = uncompiled(form.fn)
 
         def condition(theta: list[torch.Tensor], phi: list[torch.Tensor]) -> list[torch.Tensor]:
             if form.fixed_point:
