@@ -7,13 +7,14 @@ disturb less than wall-clock time; they depend on the machine, the ratios are th
 
 An eager inner loss takes the default path: its gradient graph is built once and every
 Hessian-vector product reuses it. A compiled loss has an AOTAutograd backward, which autograd
-cannot differentiate again, so `hypergrad` notices at the first product and forms the
-products with torch.func instead. The script measures, on
+cannot differentiate again, so `hypergrad` differentiates the Python function behind the
+`torch.compile` wrapper; compiled code hidden inside a caller's function would instead make
+it form the products with torch.func. The script measures, on
 f(w, φ) = mean((tanh(X w) - y)²) + Σ e^φ w² with n = 10 d samples, at its minimizer:
 
 - `eager`: the default, graph-reusing path;
 - `eager, torch.func products`: the same loss with the products forced onto the torch.func
-  path (by a private hook: what a compiled loss gets);
+  path (by a private hook: what compiled code inside a closure gets);
 - `compiled`: `torch.compile(inner_loss)`, the first `hypergrad` call on it and the calls
   after it;
 
