@@ -19,6 +19,7 @@ from implicitgrad_commentaries.checkpoint import CheckpointError, load_commentar
 from implicitgrad_commentaries.fewshot import (
     IMAML,
     MAML,
+    METHODS,
     FewShotNet,
     TaskBatch,
     evaluate,
@@ -256,18 +257,7 @@ def stream(seed: int):
         i += 1
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        "scratch",
-        "maml",
-        "fomaml",
-        "maml-commentary",
-        "maml-fixed-teacher",
-        "imaml",
-        "imaml-commentary",
-    ],
-)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_saves_and_loads(method: str, tmp_path: Path) -> None:
     model = make_model(method, (1, 6, 6), WAYS, width=3, blocks=2, inner_steps=2)
     model.net.double()

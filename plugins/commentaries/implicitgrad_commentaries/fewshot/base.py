@@ -140,12 +140,15 @@ class AbstractMetaLearner(abc.ABC):
 
     Class attributes: `name`, `is_meta_learned` (`False` for a baseline whose starting
     point is a fresh random initialization per task), `learns_teacher` (whether the
-    meta-gradient reaches the teacher).
+    meta-gradient reaches the teacher), `separable` (whether the meta-gradient of a
+    [`TaskBatch`][implicitgrad_commentaries.fewshot.TaskBatch] is exactly the sum of the
+    per-task ones, so that meta-training may adapt the tasks of a meta-batch together).
     """
 
     name: ClassVar[str] = ""
     is_meta_learned: ClassVar[bool] = True
     learns_teacher: ClassVar[bool] = True
+    separable: ClassVar[bool] = True
     inner_steps: int
 
     @abc.abstractmethod

@@ -81,6 +81,8 @@ class IMAML(AbstractMetaLearner):
     stationarity_tol: float | None = None
 
     name: ClassVar[str] = "imaml"
+    # CG's step lengths are global, so a stacked solve differs from per-task solves.
+    separable: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_positive("IMAML", "lam", self.lam)

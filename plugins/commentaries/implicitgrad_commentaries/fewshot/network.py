@@ -90,6 +90,12 @@ class FewShotNet(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(width, ways)
+        # He initialization keeps the signal through four blocks without batch norm;
+        # PyTorch's default (uniform, gain 1/sqrt(3)) shrinks it by about half per block.
+        for module in self.features:
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape `(n, ways)` for images `x` of shape `(n, *input_shape)`."""

@@ -13,7 +13,7 @@ import torch
 import implicitgrad as ig
 from implicitgrad import DivergenceError, InputError
 
-from .base import TaskLike
+from .base import TaskBatch, TaskLike
 from .model import FewShotModel
 
 __all__ = ["MetaHistory", "meta_train"]
@@ -109,13 +109,24 @@ def meta_train(
     for step in range(meta_steps):
         optimizer.zero_grad(set_to_none=True)
         total, correct, used = 0.0, 0.0, 0
-        for _ in range(meta_batch):
-            task = next(stream)
+        drawn = [next(stream) for _ in range(meta_batch)]
+        # A separable learner adapts the meta-batch as one stacked problem (the same
+        # meta-gradient, one network call per step); iMAML solves task by task.
+        units = [TaskBatch.stack(drawn)] if learner.separable else drawn
+        for task in units:
+            weight = len(task) / meta_batch if isinstance(task, TaskBatch) else 1 / meta_batch
             try:
-                theta = learner.adapt(fn, theta0, task, model.teacher, model.teacher_phi())
-                logits = fn(theta, task.query_x)
-                loss = torch.nn.functional.cross_entropy(logits, task.query_y)
-                (loss / meta_batch).backward()
+                if isinstance(task, TaskBatch):
+                    theta = learner.adapt(
+                        fn, task.expand(theta0), task, model.teacher, model.teacher_phi()
+                    )
+                    logits = task.logits(fn, theta, task.query_x).flatten(0, 1)
+                    labels = task.query_y.flatten()
+                else:
+                    theta = learner.adapt(fn, theta0, task, model.teacher, model.teacher_phi())
+                    logits, labels = fn(theta, task.query_x), task.query_y
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+                (loss * weight).backward()
             except ig.SolverError as err:
                 # An indefinite H + λI (iMAML with CG) on one task: leave it out, count it.
                 history.skipped += 1
@@ -127,9 +138,9 @@ def meta_train(
                     f"`meta_train`: the query loss became {value} at meta-step {step}; lower "
                     "meta_lr or the inner learning rate."
                 )
-            total += value
-            correct += float((logits.argmax(1) == task.query_y).double().mean())
-            used += 1
+            total += value * weight * meta_batch
+            correct += float((logits.argmax(1) == labels).double().mean()) * weight * meta_batch
+            used += round(weight * meta_batch)
         if used:
             optimizer.step()
         mean = total / max(used, 1)
