@@ -35,6 +35,7 @@ from ..learning.distributed import join
 from ..learning.learner import METHODS, Implicit, LearnHistory, Schedule, Unroll, learn
 from ..learning.reuse import TrainConfig, compare, format_table, summarize
 from .checks import UsageError, WorkError, writable_dir, writable_file, writable_folder
+from .fewshot import PREPARE_FEWSHOT
 
 __all__ = ["PREPARE", "SOLVERS", "make_method", "make_solver"]
 
@@ -338,3 +339,4 @@ PREPARE: dict[str, Callable[[argparse.Namespace], Work]] = {
     "train": prepare_train,
     "show": prepare_show,
 }
+PREPARE.update(PREPARE_FEWSHOT)

@@ -26,6 +26,7 @@ import implicitgrad as ig
 
 from ..learning.device import DEVICES
 from . import commands
+from . import fewshot as fewshot_commands
 from .checks import UsageError, WorkError, integer, number
 
 __all__ = ["main", "build_parser"]
@@ -200,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("commentary", help="folder written by `learn`")
     sp.add_argument("--data-dir", default="data", help="folder with MNIST/CIFAR files")
     sp.add_argument("--out", help="folder for the PNGs; default: the commentary folder")
+
+    fewshot_commands.add_parsers(subcommand, _device_flag)
     return parser
 
 
