@@ -32,6 +32,10 @@ from ._optim import Adam as Adam
 from ._optim import AdamState as AdamState
 from ._optim import AdamW as AdamW
 from ._optim import SGDState as SGDState
+from ._preconditioners import AbstractPreconditioner as AbstractPreconditioner
+from ._preconditioners import BuiltPreconditioner as BuiltPreconditioner
+from ._preconditioners import DiagonalPreconditioner as DiagonalPreconditioner
+from ._preconditioners import NystromPreconditioner as NystromPreconditioner
 from ._solvers import CG as CG
 from ._solvers import GMRES as GMRES
 from ._solvers import AbstractSolver as AbstractSolver
@@ -77,6 +81,11 @@ __all__ = [
     "Nystrom",
     "Identity",
     "Exact",
+    # preconditioners (of CG)
+    "AbstractPreconditioner",
+    "BuiltPreconditioner",
+    "NystromPreconditioner",
+    "DiagonalPreconditioner",
     # unrolled differentiation
     "unroll",
     "UnrollInfo",

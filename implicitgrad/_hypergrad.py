@@ -45,6 +45,8 @@ class HypergradInfo:
       $\\lVert T(\\theta,\\phi) - \\theta\\rVert$ (fixed-point form) at the given $\\theta$.
       Implicit differentiation assumes it is zero; a large value means the inner problem is
       not solved and the hypergradient is biased.
+    - `preconditioner_products`: of `iterations`, the products spent building the solver's
+      preconditioner in this call (0 without one, or when an earlier build was reused).
     - `linear_solution`: the flat solution $x \\approx A^{-1}v$ of the linear system
       (detached), useful to warm-start the next solve.
     - `batch_residual`, `batch_iterations`, `batch_converged`, `batch_stationarity`: with
@@ -62,6 +64,7 @@ class HypergradInfo:
     batch_iterations: torch.Tensor | None = None
     batch_converged: torch.Tensor | None = None
     batch_stationarity: torch.Tensor | None = None
+    preconditioner_products: int = 0
 
 
 def prepare(
@@ -247,6 +250,7 @@ def _compute(
         batch_iterations=solution.batch_iterations,
         batch_converged=solution.batch_converged,
         batch_stationarity=cond.batch_stationarity,
+        preconditioner_products=solution.preconditioner_products,
     )
     return hg, info
 

@@ -7,8 +7,23 @@ from dataclasses import dataclass
 
 import torch
 import torch.utils._pytree as pytree
+from hypothesis import strategies as st
 
 import implicitgrad as ig
+from implicitgrad.testing import random_quadratic
+
+STRUCTURES = ["tensor", "tuple", "list", "dict", "nested"]
+
+#: Random quadratic problems over sizes, conditioning and tree structures (hypothesis).
+problems = st.builds(
+    random_quadratic,
+    n_inner=st.integers(1, 12),
+    n_outer=st.integers(1, 6),
+    condition=st.sampled_from([1.0, 3.0, 30.0, 1e3]),
+    inner_structure=st.sampled_from(STRUCTURES),
+    outer_structure=st.sampled_from(STRUCTURES),
+    seed=st.integers(0, 10_000),
+)
 
 
 def flat(tree) -> torch.Tensor:
@@ -23,6 +38,17 @@ def rel_err(a, b) -> float:
 
 def same_structure(a, b) -> bool:
     return pytree.tree_structure(a) == pytree.tree_structure(b)
+
+
+def exported_subclasses(base: type) -> set[str]:
+    """The names in `ig.__all__` of the exported concrete subclasses of `base`."""
+    return {
+        name
+        for name in ig.__all__
+        if isinstance(getattr(ig, name), type)
+        and issubclass(getattr(ig, name), base)
+        and getattr(ig, name) is not base
+    }
 
 
 @dataclass(frozen=True)
@@ -53,3 +79,27 @@ SOLVERS: list[SolverCase] = [
         "Nystrom", lambda n, lam: ig.Nystrom(rank=n, rho=0.0, compute_residual=True), True, 1e-8
     ),
 ]
+
+
+@dataclass(frozen=True)
+class PreconditionerCase:
+    """A preconditioner built for a problem of dimension `n`; CG with it must be exact."""
+
+    name: str
+    make: Callable[[int], ig.AbstractPreconditioner]
+
+
+# Every preconditioner the library exports must appear here; test_preconditioners.py checks
+# that and runs preconditioned CG on every problem of the solver tests.
+PRECONDITIONERS: list[PreconditionerCase] = [
+    # A rank below n: the preconditioner is approximate, CG must still be exact.
+    PreconditionerCase(
+        "NystromPreconditioner", lambda n: ig.NystromPreconditioner(rank=1 + n // 2)
+    ),
+    PreconditionerCase("DiagonalPreconditioner", lambda n: ig.DiagonalPreconditioner(probes=4)),
+]
+
+
+def preconditioned_cg(case: PreconditionerCase, n: int, **kwargs) -> ig.CG:
+    """CG with the preconditioner of `case`, with the budget of the exact CG case."""
+    return ig.CG(max_iter=3 * n + 10, tol=1e-13, preconditioner=case.make(n), **kwargs)

@@ -4,35 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import SOLVERS, flat, rel_err, same_structure
+from helpers import (
+    SOLVERS,
+    STRUCTURES,
+    exported_subclasses,
+    flat,
+    problems,
+    rel_err,
+    same_structure,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
 import implicitgrad as ig
 from implicitgrad.testing import random_quadratic
 
-STRUCTURES = ["tensor", "tuple", "list", "dict", "nested"]
-
-problems = st.builds(
-    random_quadratic,
-    n_inner=st.integers(1, 12),
-    n_outer=st.integers(1, 6),
-    condition=st.sampled_from([1.0, 3.0, 30.0, 1e3]),
-    inner_structure=st.sampled_from(STRUCTURES),
-    outer_structure=st.sampled_from(STRUCTURES),
-    seed=st.integers(0, 10_000),
-)
-
 
 def test_every_exported_solver_is_in_the_registry():
-    exported = {
-        name
-        for name in ig.__all__
-        if isinstance(getattr(ig, name), type)
-        and issubclass(getattr(ig, name), ig.AbstractSolver)
-        and getattr(ig, name) is not ig.AbstractSolver
-    }
-    assert exported == {case.name for case in SOLVERS}
+    assert exported_subclasses(ig.AbstractSolver) == {case.name for case in SOLVERS}
 
 
 def _dim(prob) -> int:

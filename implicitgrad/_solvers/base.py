@@ -98,6 +98,8 @@ class Solution:
       that by design run a fixed number of steps. For a batch, whether all converged.
     - `batch_residual`, `batch_iterations`, `batch_converged`: for a batch, one entry per
       system (`None` for a single system).
+    - `preconditioner_products`: of `iterations`, the products spent building a
+      preconditioner in this solve (0 without one, or when a previous build was reused).
     """
 
     value: torch.Tensor
@@ -107,6 +109,7 @@ class Solution:
     batch_residual: torch.Tensor | None = None
     batch_iterations: torch.Tensor | None = None
     batch_converged: torch.Tensor | None = None
+    preconditioner_products: int = 0
 
 
 # For the messages that say which solvers fit an operator a solver refuses.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
 from .._errors import ConvergenceWarning, InputError, SolverError, warn
+from .._preconditioners.base import AbstractPreconditioner, BuiltPreconditioner
 from .base import (
     AbstractSolver,
     LinearOperator,
@@ -46,6 +48,19 @@ class CG(AbstractSolver):
       residual but issues no `ConvergenceWarning`.
     - `damping`: $\\lambda \\ge 0$ added to the diagonal; it regularizes nearly singular
       Hessians at the price of bias (default `0.0`).
+    - `preconditioner`: an
+      [`AbstractPreconditioner`][implicitgrad.AbstractPreconditioner] such as
+      [`NystromPreconditioner`][implicitgrad.NystromPreconditioner] or
+      [`DiagonalPreconditioner`][implicitgrad.DiagonalPreconditioner], or `None` (default).
+      With one, CG is preconditioned CG (Saad, *Iterative Methods for Sparse Linear
+      Systems*, 2003, Algorithm 9.1): the same answer in fewer iterations when
+      $M^{-1}A$ is better conditioned than $A$. The residual it reports and stops on is
+      still the true relative residual $\\lVert Ax - b\\rVert/\\lVert b\\rVert$, not the
+      preconditioned one. The products spent building the preconditioner are counted in
+      `Solution.iterations` (and reported apart in `Solution.preconditioner_products`);
+      `max_iter` bounds the iterations only. A preconditioner with `refresh_every > 1` is
+      built once and reused by the next solves (pass the same solver object every outer
+      step, with `warm_start=info`). Not available for batches of systems.
 
     **Departures from the textbook algorithm.** CG's recursively updated residual drifts
     from the true residual once it nears the rounding floor
@@ -82,6 +97,7 @@ class CG(AbstractSolver):
     max_iter: int = 100
     tol: float = 1e-6
     damping: float = 0.0
+    preconditioner: AbstractPreconditioner | None = None
 
     requires_symmetric = True
     requires_positive_definite = True
@@ -99,11 +115,32 @@ class CG(AbstractSolver):
                 f"`CG(damping=...)` must be a finite float >= 0, got {self.damping!r}. Negative "
                 "damping would make the system indefinite."
             )
+        if self.preconditioner is not None and not isinstance(
+            self.preconditioner, AbstractPreconditioner
+        ):
+            raise InputError(
+                "`CG(preconditioner=...)` must be an ig.AbstractPreconditioner such as "
+                "ig.NystromPreconditioner(rank=20) or ig.DiagonalPreconditioner(probes=10), or "
+                f"None, got {type(self.preconditioner).__name__}."
+            )
 
     def _matvec(self, operator: LinearOperator):
         if not self.damping:
             return operator.matvec
         return lambda v: operator.matvec(v) + self.damping * v
+
+    def _damped(self, operator: LinearOperator) -> LinearOperator:
+        """The operator of the system CG solves, damping included (for preconditioners)."""
+        if not self.damping:
+            return operator
+        batched = operator.batched_matvec
+        return dataclasses.replace(
+            operator,
+            matvec=self._matvec(operator),
+            batched_matvec=None
+            if batched is None
+            else (lambda vs: batched(vs) + self.damping * vs),
+        )
 
     def solve(
         self, operator: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None = None
@@ -111,16 +148,34 @@ class CG(AbstractSolver):
         self.check_operator(operator)
         warn_unreachable_tol("CG", self.tol, b.dtype)
         if operator.batch_size is not None:
+            if self.preconditioner is not None:
+                raise InputError(
+                    f"`CG(preconditioner=...)` solves one system at a time, but it received "
+                    f"{operator.batch_size} independent systems (torch.func.vmap or "
+                    "batched=True). Drop the preconditioner for batches, or loop over the "
+                    "problems."
+                )
             return self._solve_batch(operator, b, x0)
         b_norm = rhs_norm(b, solver="CG")
         if b_norm == 0.0:
             return Solution(torch.zeros_like(b), 0, 0.0, True)
         matvec = self._matvec(operator)
+        built, built_products = None, 0
+        if self.preconditioner is not None:
+            built, built_products = self.preconditioner.prepare(self._damped(operator))
         x = torch.zeros_like(b) if x0 is None else x0.detach().clone()
         iterations = 0
         r = b.clone() if x0 is None else b - matvec(x)
         iterations += x0 is not None
-        return self._iterate(matvec, b, x, r, b_norm, iterations)
+        solution = self._iterate(matvec, b, x, r, b_norm, iterations, built)
+        if self.preconditioner is None:
+            return solution
+        self.preconditioner.observe(solution.iterations)
+        return dataclasses.replace(
+            solution,
+            iterations=solution.iterations + built_products,
+            preconditioner_products=built_products,
+        )
 
     def _iterate(
         self,
@@ -130,23 +185,38 @@ class CG(AbstractSolver):
         r: torch.Tensor,
         b_norm: float,
         iterations: int,
+        precondition: BuiltPreconditioner | None = None,
     ) -> Solution:
-        """CG from the iterate `x` with residual `r`, with residual replacement at the end."""
+        """CG from the iterate `x` with residual `r`, with residual replacement at the end.
+
+        With `precondition` ($M^{-1}$) it is preconditioned CG: the directions are
+        $M^{-1}$-conjugated and $z = M^{-1}r$ takes the place of $r$ in the step lengths
+        ($r^\\top z$ for $r^\\top r$), while the stopping test keeps the true $\\lVert r\\rVert$.
+        """
         eps = torch.finfo(x.dtype).eps
         replaced = False
         while True:
-            p = r.clone()
-            rs_value = float(torch.dot(r, r))
+            if precondition is None:
+                p = r.clone()
+                rs_value = rz_value = float(torch.dot(r, r))
+            else:
+                p = precondition(r)
+                rs_value, rz_value = torch.stack((torch.dot(r, r), torch.dot(r, p))).tolist()
             residual = math.sqrt(rs_value) / b_norm
             # max 1/α_k = pᵀAp / rᵀr: a lower bound of λmax(A), since 1/α_k is at most the
-            # diagonal of the Lanczos matrix (Golub & Van Loan, §11.3), for free.
+            # diagonal of the Lanczos matrix (Golub & Van Loan, §11.3), for free. With a
+            # preconditioner the Rayleigh quotient pᵀAp / pᵀp plays that part.
             curvature = 0.0
             while residual > self.tol and iterations < self.max_iter:
                 hp = matvec(p)
                 iterations += 1
                 # Host syncs per iteration: the curvature (breakdown check, step length as a
                 # Python float for fused in-place updates) and the new residual.
-                php_value = float(torch.dot(p, hp))
+                if precondition is None:
+                    php_value = float(torch.dot(p, hp))
+                    pp_value = rs_value
+                else:
+                    php_value, pp_value = torch.stack((torch.dot(p, hp), torch.dot(p, p))).tolist()
                 if not php_value > 0.0:
                     if not math.isfinite(php_value):
                         check_finite(
@@ -159,18 +229,25 @@ class CG(AbstractSolver):
                         "singular). Fix: solve the inner problem further, add damping "
                         "(ig.CG(damping=1e-3)), or use ig.Exact()."
                     )
-                step = rs_value / php_value
+                step = rz_value / php_value
                 x.add_(p, alpha=step)
                 r.add_(hp, alpha=-step)
-                rs_new_value = float(torch.dot(r, r))
-                if not math.isfinite(rs_new_value):
+                if precondition is None:
+                    z = r
+                    rs_new_value = rz_new_value = float(torch.dot(r, r))
+                else:
+                    z = precondition(r)
+                    rs_new_value, rz_new_value = torch.stack(
+                        (torch.dot(r, r), torch.dot(r, z))
+                    ).tolist()
+                if not math.isfinite(rs_new_value + rz_new_value):
                     check_finite(r, solver="CG", what="the residual", iteration=iterations)
-                curvature = max(curvature, php_value / rs_value)
+                curvature = max(curvature, php_value / pp_value)
                 residual = math.sqrt(rs_new_value) / b_norm
                 if residual <= self.tol:
                     break
-                p.mul_(rs_new_value / rs_value).add_(r)
-                rs_value = rs_new_value
+                p.mul_(rz_new_value / rz_value).add_(z)
+                rs_value, rz_value = rs_new_value, rz_new_value
             floor = eps * curvature * float(torch.linalg.vector_norm(x)) / b_norm
             if residual > _DRIFT_FACTOR * floor:
                 break

@@ -19,7 +19,7 @@ __all__ = ["Nystrom"]
 _CPU_BATCH_LIMIT = 2**20
 
 
-def _sketch_products(operator: LinearOperator, omega: torch.Tensor) -> torch.Tensor:
+def sketch_products(operator: LinearOperator, omega: torch.Tensor) -> torch.Tensor:
     """$H\\Omega$ as an $n \\times k$ matrix, batched with `vmap` where that pays off."""
     batched = operator.batched_matvec is not None and (
         omega.device.type != "cpu" or omega.numel() <= _CPU_BATCH_LIMIT
@@ -139,7 +139,7 @@ class Nystrom(AbstractSolver):
         level, or negative curvature) are dropped, which realizes its pseudo-inverse.
         """
         omega = self.sketch_matrix(operator.size, operator.dtype, operator.device)
-        c = _sketch_products(operator, omega)
+        c = sketch_products(operator, omega)
         check_finite(c, solver="Nystrom", what="a Hessian-vector product", iteration=0)
         core = omega.T @ c
         s, q = torch.linalg.eigh(0.5 * (core + core.T))
