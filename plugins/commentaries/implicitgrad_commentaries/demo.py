@@ -14,7 +14,7 @@ python -m implicitgrad_commentaries.demo [--out DIR] [--seeds 3] [--device auto]
 3. Prints the mean ± std test accuracy at fractions of training and writes the metrics as
    JSON and the heatmap of $M$ as PNG into `DIR`.
 
-It takes under a minute on one CPU core (about two when the cores are shared).
+It takes about a minute on one idle CPU core, several when the cores are shared.
 """
 
 from __future__ import annotations
