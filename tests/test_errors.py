@@ -129,7 +129,8 @@ def test_nan_in_the_losses_is_named():
     nan_inner = lambda t, p: 0.5 * (t**2).sum() * torch.tensor(float("nan")) - (t * p).sum()  # noqa: E731
     for solver in [ig.CG(), ig.Neumann(terms=3, alpha=0.1), ig.Exact()]:
         with pytest.raises(
-            ig.InputError, match=r"NaN in the gradient of inner_loss w\.r\.t\. inner_params\. inner_loss is not"
+            ig.InputError,
+            match=r"NaN in the gradient of inner_loss w\.r\.t\. inner_params\. inner_loss is not",
         ):
             ig.hypergrad(nan_inner, outer, THETA, PHI, solver, stationarity_tol=None)
     with pytest.raises(
