@@ -1,9 +1,10 @@
 """*Teaching with Commentaries* (Raghu et al., ICLR 2021) as implicitgrad plugins.
 
 A commentary is learned meta-information that changes how a student trains. The package
-has four parts: `commentaries` (the contract and the built-in plugins), `datasets` (data
-sets and readers), `learning` (learning, reusing, saving and loading a commentary) and
-`cli` (the command line). It provides the commentary contract
+has five parts: `commentaries` (the contract and the built-in plugins), `datasets` (data
+sets and readers), `learning` (learning, reusing, saving and loading a commentary),
+`fewshot` (MAML, iMAML and their example-weighting teacher) and `cli` (the command
+line). It provides the commentary contract
 ([`AbstractCommentary`][implicitgrad_commentaries.AbstractCommentary]),
 three commentaries registered as implicitgrad plugins (`weighting`, `blending`, `masks`),
 a learner for their parameters (Algorithm 1 through `implicitgrad.unroll`, Algorithm 2
@@ -30,6 +31,22 @@ from .datasets.fewshot import load_fewshot_digits as load_fewshot_digits
 from .datasets.fewshot_readers import read_miniimagenet_pickle as read_miniimagenet_pickle
 from .datasets.fewshot_readers import read_omniglot_folder as read_omniglot_folder
 from .datasets.glyphs import make_glyphs as make_glyphs
+from .fewshot import IMAML as IMAML
+from .fewshot import MAML as MAML
+from .fewshot import AbstractMetaLearner as AbstractMetaLearner
+from .fewshot import Accuracy as Accuracy
+from .fewshot import FewShotModel as FewShotModel
+from .fewshot import FewShotNet as FewShotNet
+from .fewshot import MetaHistory as MetaHistory
+from .fewshot import Scratch as Scratch
+from .fewshot import TaskBatch as TaskBatch
+from .fewshot import evaluate as evaluate
+from .fewshot import first_order as first_order
+from .fewshot import load_fewshot as load_fewshot
+from .fewshot import make_model as make_model
+from .fewshot import make_teacher as make_teacher
+from .fewshot import meta_train as meta_train
+from .fewshot import save_fewshot as save_fewshot
 
 # The module `learn` is imported before the function of that name is bound here, so that
 # a later `import implicitgrad_commentaries.learn` does not replace the function.
@@ -77,4 +94,20 @@ __all__ = [
     "make_glyphs",
     "read_miniimagenet_pickle",
     "read_omniglot_folder",
+    "AbstractMetaLearner",
+    "MAML",
+    "IMAML",
+    "Scratch",
+    "first_order",
+    "FewShotNet",
+    "FewShotModel",
+    "make_model",
+    "TaskBatch",
+    "make_teacher",
+    "meta_train",
+    "MetaHistory",
+    "evaluate",
+    "Accuracy",
+    "save_fewshot",
+    "load_fewshot",
 ]

@@ -2,7 +2,7 @@
 
 Every inner loop runs through the core: MAML differentiates its SGD steps with
 `ig.UnrollAdjoint` (second order, or first order through
-[`first_order`][implicitgrad_commentaries.fewshot.first_order]), iMAML differentiates the
+[`first_order`][implicitgrad_commentaries.first_order]), iMAML differentiates the
 stationarity of its proximally regularized inner problem with `ig.ImplicitAdjoint` and any
 solver. The teacher is the plugin's `WeightingCommentary` over a task's labels.
 """

@@ -141,7 +141,7 @@ class AbstractMetaLearner(abc.ABC):
     Class attributes: `name`, `is_meta_learned` (`False` for a baseline whose starting
     point is a fresh random initialization per task), `learns_teacher` (whether the
     meta-gradient reaches the teacher), `separable` (whether the meta-gradient of a
-    [`TaskBatch`][implicitgrad_commentaries.fewshot.TaskBatch] is exactly the sum of the
+    [`TaskBatch`][implicitgrad_commentaries.TaskBatch] is exactly the sum of the
     per-task ones, so that meta-training may adapt the tasks of a meta-batch together).
     """
 
@@ -171,7 +171,7 @@ class AbstractMetaLearner(abc.ABC):
         phi: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """The network's parameters after the inner loop on `task.support_*`:
-        [`solve`][implicitgrad_commentaries.fewshot.AbstractMetaLearner.solve] on
+        [`solve`][implicitgrad_commentaries.AbstractMetaLearner.solve] on
         [`support_loss`][implicitgrad_commentaries.fewshot.support_loss]."""
 
         def support(theta: Any, phi: Any, progress: float) -> torch.Tensor:
@@ -189,7 +189,7 @@ class AbstractMetaLearner(abc.ABC):
     ) -> torch.Tensor:
         """The outer loss of one task: the plain cross-entropy on the query set after
         adaptation (the teacher changes only the inner loop). For a
-        [`TaskBatch`][implicitgrad_commentaries.fewshot.TaskBatch] it is the mean over its
+        [`TaskBatch`][implicitgrad_commentaries.TaskBatch] it is the mean over its
         tasks, adapted together."""
         if isinstance(task, TaskBatch):
             theta = self.adapt(fn, task.expand(theta0), task, teacher, phi)

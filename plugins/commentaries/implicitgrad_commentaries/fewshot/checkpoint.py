@@ -64,7 +64,7 @@ def save_fewshot(
 
     **Arguments:**
 
-    - `model`: the [`FewShotModel`][implicitgrad_commentaries.fewshot.FewShotModel].
+    - `model`: the [`FewShotModel`][implicitgrad_commentaries.FewShotModel].
     - `out`: the folder.
     - `extra`: JSON-able metadata (the command line stores its settings and the history).
 
@@ -160,7 +160,7 @@ def load_fewshot(
     folder: str | os.PathLike[str], *, device: str | torch.device | None = None
 ) -> FewShotModel:
     """Load a few-shot model saved by
-    [`save_fewshot`][implicitgrad_commentaries.fewshot.save_fewshot].
+    [`save_fewshot`][implicitgrad_commentaries.save_fewshot].
 
     The weights are checked against their SHA-256, must fit the network built from the
     saved configuration and must be finite; a teacher is loaded with `load_commentary`

@@ -51,20 +51,20 @@ def evaluate(
 
     The adaptation is the model's inner loop exactly as in meta-training (with the teacher,
     if any), run without a graph, on `chunk` tasks at a time stacked into one
-    [`TaskBatch`][implicitgrad_commentaries.fewshot.TaskBatch] (a separable problem: the
+    [`TaskBatch`][implicitgrad_commentaries.TaskBatch] (a separable problem: the
     same steps as one task at a time). For the scratch baseline, task $i$ starts from a
     fresh initialization seeded with `seed + i`.
 
     **Arguments:**
 
-    - `model`: a [`FewShotModel`][implicitgrad_commentaries.fewshot.FewShotModel].
+    - `model`: a [`FewShotModel`][implicitgrad_commentaries.FewShotModel].
     - `tasks`: the test tasks (for example `sampler.tasks(600)`).
     - `seed`: see above.
     - `chunk`: tasks adapted at once (`1`: one at a time).
 
     **Returns:**
 
-    An [`Accuracy`][implicitgrad_commentaries.fewshot.Accuracy]; report it as
+    An [`Accuracy`][implicitgrad_commentaries.Accuracy]; report it as
     `str(acc)`, the percentage mean ± 95% interval.
     """
     fn, theta0 = ig.make_functional(model.net)

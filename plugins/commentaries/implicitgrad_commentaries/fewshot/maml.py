@@ -57,7 +57,7 @@ class MAML(AbstractMetaLearner):
     an example-weighting commentary (Raghu et al., 2021, Section 5).
 
     `first_order=True` is FO-MAML: the inner gradients are constants (see
-    [`first_order`][implicitgrad_commentaries.fewshot.first_order]) and the meta-gradient is
+    [`first_order`][implicitgrad_commentaries.first_order]) and the meta-gradient is
     $\\nabla L_\\text{query}(\\theta_K)$. It has no path to a teacher, so a teacher can only be
     used fixed.
 

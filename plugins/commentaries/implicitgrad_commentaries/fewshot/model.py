@@ -39,8 +39,8 @@ class FewShotModel:
     **Fields:**
 
     - `method`: one of [`METHODS`][implicitgrad_commentaries.fewshot.METHODS].
-    - `learner`: the [`AbstractMetaLearner`][implicitgrad_commentaries.fewshot.AbstractMetaLearner].
-    - `net`: the [`FewShotNet`][implicitgrad_commentaries.fewshot.FewShotNet]; its parameters
+    - `learner`: the [`AbstractMetaLearner`][implicitgrad_commentaries.AbstractMetaLearner].
+    - `net`: the [`FewShotNet`][implicitgrad_commentaries.FewShotNet]; its parameters
       are the meta-learned initialization $\\theta_0$.
     - `teacher`: the example-weighting commentary, or `None`.
     - `learn_teacher`: whether the meta-gradient updates the teacher (`False`: the fixed,
@@ -117,7 +117,7 @@ def make_model(
 
     **Returns:**
 
-    A [`FewShotModel`][implicitgrad_commentaries.fewshot.FewShotModel].
+    A [`FewShotModel`][implicitgrad_commentaries.FewShotModel].
 
     **Example:**
 

@@ -19,8 +19,8 @@ class Scratch(AbstractMetaLearner):
     """No meta-learning: every task starts from a fresh random initialization of the same
     network and trains on its support set with Adam.
 
-    Nothing is learned across tasks, so [`meta_train`][implicitgrad_commentaries.fewshot.meta_train]
-    does nothing for it; [`evaluate`][implicitgrad_commentaries.fewshot.evaluate] draws the
+    Nothing is learned across tasks, so [`meta_train`][implicitgrad_commentaries.meta_train]
+    does nothing for it; [`evaluate`][implicitgrad_commentaries.evaluate] draws the
     initialization of task $i$ from the seed `seed + i`. It gets more inner steps than MAML
     by default, and an adaptive optimizer, so that it is not handicapped by MAML's tuned
     step size.

@@ -21,7 +21,7 @@ __all__ = ["MetaHistory", "meta_train"]
 
 @dataclass
 class MetaHistory:
-    """What happened during [`meta_train`][implicitgrad_commentaries.fewshot.meta_train].
+    """What happened during [`meta_train`][implicitgrad_commentaries.meta_train].
 
     **Fields:** `losses` (the mean query loss of each meta-step), `accuracies` (the mean
     query accuracy after adaptation, the same tasks), `seconds` (wall time), `skipped`
@@ -66,7 +66,7 @@ def meta_train(
 
     **Arguments:**
 
-    - `model`: a [`FewShotModel`][implicitgrad_commentaries.fewshot.FewShotModel].
+    - `model`: a [`FewShotModel`][implicitgrad_commentaries.FewShotModel].
     - `tasks`: an iterable of tasks (a `TaskSampler`), drawn from in order.
     - `meta_steps`: the number of Adam steps.
     - `meta_batch`: tasks per meta-step (default `4`).
@@ -76,7 +76,7 @@ def meta_train(
 
     **Returns:**
 
-    A [`MetaHistory`][implicitgrad_commentaries.fewshot.MetaHistory]. The scratch baseline
+    A [`MetaHistory`][implicitgrad_commentaries.MetaHistory]. The scratch baseline
     learns nothing and returns an empty one.
 
     **Raises:**
