@@ -245,7 +245,7 @@ def unroll(
         state = _map_tensors(torch.Tensor.detach, optimizer_state)
     dp = bind(data_parallel, None, call=CALL)
     run = _Run(train_loss, optimizer, theta_spec, outer_params, n, *_module_state(buffers), dp)
-    losses: list[float] = []
+    losses = _Losses(run)
     for t in range(n - k):
         theta, state = run.step(theta, state, _next(batch_iter, t, n), t, losses, graph=False)
     if segment is None:
@@ -257,6 +257,7 @@ def unroll(
             chunk = [_next(batch_iter, t, n) for t in range(start, stop)]
             theta, state = run.segment(theta, state, chunk, start, losses)
 
+    losses.flush()
     if not _all_finite(theta):
         raise run.diverged(n - 1)
     if k and phi_targets and not _reaches(theta, phi_targets):
@@ -270,7 +271,7 @@ def unroll(
     result = unflatten(theta_spec, theta)
     if not return_info:
         return result
-    info = UnrollInfo(n, k, segment, torch.tensor(losses, dtype=torch.float64), state)
+    info = UnrollInfo(n, k, segment, torch.tensor(losses.values, dtype=torch.float64), state)
     return result, info
 
 
@@ -304,7 +305,7 @@ class _Run:
         state: Any,
         batch: Any,
         t: int,
-        losses: list[float] | None,
+        losses: _Losses | None,
         *,
         graph: bool,
     ) -> tuple[list[torch.Tensor], Any]:
@@ -318,13 +319,11 @@ class _Run:
                 unflatten(self.spec, leaves), self.phi if graph else self.phi_detached, batch, t
             )
             _check_loss(loss, t)
-            value = None if losses is None or self.dp else self._loss_value(loss, leaves, t)
             grads = torch.autograd.grad(
                 loss, leaves, create_graph=graph, allow_unused=True, materialize_grads=True
             )
             if self.dp is not None:
                 grads, loss = self._mean(grads, loss, graph)
-                value = None if losses is None else self._loss_value(loss, leaves, t)
         params, grad_tree = unflatten(self.spec, leaves), unflatten(self.spec, grads)
         if graph:
             new_params, state = self.optimizer.step(params, grad_tree, state)
@@ -337,8 +336,8 @@ class _Run:
                 f"`{CALL}(optimizer=...)`: {type(self.optimizer).__name__}.step returned "
                 "parameters with a different tree structure than it received."
             )
-        if value is not None:
-            losses.append(value)
+        if losses is not None:
+            losses.record(loss, leaves, t, graph=graph)
         return list(new_leaves), state
 
     def _mean(
@@ -353,11 +352,10 @@ class _Run:
         chunks = flat.split([g.numel() for g in grads] + [1])
         return [c.view_as(g) for c, g in zip(chunks, grads)], chunks[-1].reshape(())
 
-    def _loss_value(self, loss: torch.Tensor, theta: Sequence[torch.Tensor], t: int) -> float:
-        """The loss as a float, checked to be finite (one host sync per step)."""
-        value = float(loss.detach())
+    def check_loss_value(self, value: float, theta: Sequence[torch.Tensor], t: int) -> None:
+        """Raise if the loss `value` of step `t` (at the parameters `theta`) is not finite."""
         if math.isfinite(value):
-            return value
+            return
         # Non-finite parameters give a non-finite loss at the next step, so checking them
         # only here still names the step where they went wrong.
         if t > 0 and not _all_finite(theta):
@@ -386,7 +384,7 @@ class _Run:
         state: Any,
         batches: list[Any],
         start: int,
-        losses: list[float],
+        losses: _Losses,
     ) -> tuple[list[torch.Tensor], Any]:
         """Differentiated steps `start, start + 1, ...` whose graph is recomputed in backward."""
 
@@ -399,6 +397,43 @@ class _Run:
             for i, batch in enumerate(batches):
                 theta, state = self.step(theta, state, batch, start + i, losses, graph=True)
         return theta, state
+
+
+class _Losses:
+    """The training losses of an unroll, read from the device in windows.
+
+    Reading a loss is a host sync; doing it every step stalls an accelerator's queue. The
+    losses of differentiated steps are kept on the device and read together every `WINDOW`
+    steps (and at the end), then checked in order, so a non-finite loss still raises naming
+    its step: the parameters each step started from are kept with it, and the graph keeps
+    them alive anyway. Steps that are not differentiated are read at once, so that no
+    parameters outlive their step there. A diverged run is reported up to `WINDOW - 1`
+    steps after it diverged, having computed those steps on NaN.
+    """
+
+    WINDOW = 16
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.values: list[float] = []
+        self.pending: list[tuple[torch.Tensor, list[torch.Tensor], int]] = []
+
+    def record(self, loss: torch.Tensor, theta: list[torch.Tensor], t: int, *, graph: bool) -> None:
+        self.pending.append((loss.detach().reshape(()), theta, t))
+        if not graph or len(self.pending) >= self.WINDOW:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        if len(pending) == 1:
+            values = [float(pending[0][0])]
+        else:
+            values = torch.stack([loss.to(torch.float64) for loss, _, _ in pending]).tolist()
+        for value, (_, theta, t) in zip(values, pending):
+            self.run.check_loss_value(value, theta, t)
+        self.values.extend(values)
 
 
 def _check_arity(train_loss: Callable[..., Any]) -> None:
