@@ -31,9 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import implicitgrad as ig  # noqa: E402
 from _memory import MiB, PeakTensorMemory  # noqa: E402
 from unroll_vs_higher import N_TRAIN, Task  # noqa: E402
+
+import implicitgrad as ig  # noqa: E402
 
 SGD_LR, MOMENTUM, ADAM_LR = 0.1, 0.9, 1e-2
 

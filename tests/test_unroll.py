@@ -592,3 +592,20 @@ def test_nondeterministic_loss_under_checkpoint():
     theta = _unroll(train_loss=loss, outer_params=phi, checkpoint=N_STEPS)
     with pytest.raises(ig.ImplicitGradError, match=r"recomputing a segment produced .* train_loss"):
         outer_loss(theta).backward()
+
+
+def test_make_functional_sets_tied_parameters_in_every_place():
+    torch.manual_seed(0)
+    first, second = nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False)
+    second.weight = first.weight  # tied
+    model = nn.Sequential(first, nn.Tanh(), second).double()
+    fn, params = ig.make_functional(model, detach=True)
+    assert list(params) == ["0.weight"]
+    w = torch.randn(3, 3, dtype=DTYPE, requires_grad=True)
+    x = torch.randn(2, 3, dtype=DTYPE)
+    expected = torch.tanh(x @ w.T) @ w.T
+    assert torch.allclose(fn({"0.weight": w}, x), expected)
+    assert model[0].weight is model[2].weight and isinstance(model[0].weight, nn.Parameter)
+    (g,) = torch.autograd.grad(fn({"0.weight": w}, x).sum(), w)
+    (ref,) = torch.autograd.grad(expected.sum(), w)
+    assert torch.allclose(g, ref)
