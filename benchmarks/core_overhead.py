@@ -478,7 +478,13 @@ def case_transforms(repeats: int, iterations: int = 10) -> Case:
 # (c) equal work at scale
 
 
-def logistic_problem(n_params: int, n_samples: int = 64, n_classes: int = 100) -> Problem:
+def logistic_problem(
+    n_params: int,
+    n_samples: int = 64,
+    n_classes: int = 100,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = DTYPE,
+) -> Problem:
     """Multinomial logistic regression with about `n_params` inner parameters (a weight
     matrix and a bias) and one L2 weight per feature as φ, on random data.
 
@@ -503,6 +509,10 @@ def logistic_problem(n_params: int, n_samples: int = 64, n_classes: int = 100) -
         torch.zeros(n_classes, dtype=DTYPE),
     )
     phi = torch.full((n_features,), -3.0, dtype=DTYPE)
+    # Drawn on the CPU in float64 (the same numbers everywhere), then moved.
+    x, x_val, y, y_val = (t.to(device) for t in (x, x_val, y, y_val))
+    x, x_val, phi = x.to(dtype), x_val.to(dtype), phi.to(device, dtype)
+    theta = tuple(t.to(device, dtype) for t in theta)
 
     def inner(theta: Params, phi: torch.Tensor) -> torch.Tensor:
         w, b = theta
