@@ -154,6 +154,10 @@ def torchopt_fn(kind: str, iterations: int, alpha: float = 1.0) -> HypergradFn:
     return run
 
 
+#: Sketch sizes of the Nyström-preconditioned CG contenders.
+PRECONDITIONER_RANKS = (20,)
+
+
 def build(
     problem: Problem, grid: list[int], alpha: float, rho: float, with_exact: bool
 ) -> list[Contender]:
@@ -163,6 +167,14 @@ def build(
         out.append(Contender("ig CG", k, implicitgrad_fn(ig.CG(max_iter=k, tol=0.0))))
         out.append(Contender("ig Neumann", k, implicitgrad_fn(ig.Neumann(terms=k, alpha=alpha))))
         out.append(Contender("ig Nystrom", k, implicitgrad_fn(ig.Nystrom(rank=k, rho=rho))))
+        for rank in PRECONDITIONER_RANKS:
+            # A fresh preconditioner per call: its construction is counted in every call.
+            pcg = ig.CG(max_iter=k, tol=0.0, preconditioner=ig.NystromPreconditioner(rank=rank))
+            out.append(
+                Contender(f"ig CG + Nystrom preconditioner ({rank})", k, implicitgrad_fn(pcg))
+            )
+        pcg = ig.CG(max_iter=k, tol=0.0, preconditioner=ig.DiagonalPreconditioner(probes=10))
+        out.append(Contender("ig CG + diagonal preconditioner (10)", k, implicitgrad_fn(pcg)))
         out.append(Contender("hand-written CG", k, handwritten_cg_fn(k), library="torch"))
     if torchopt_available() is not None:
         for k in grid:

@@ -23,6 +23,8 @@ import implicitgrad as ig
 INNER_STEPS = 10
 LEARNING_RATE = 0.1
 BUDGET = 10
+PRECONDITIONER_RANK = 40
+REFRESH = 10
 
 
 @dataclass
@@ -47,6 +49,13 @@ def _contenders(problem: Problem) -> list[tuple[str, str, C.HypergradFn]]:
         warm = ig.CG(max_iter=iters, tol=0.0)
         fn = C.implicitgrad_fn(warm, warm=True)
         out.append(("ig CG, warm start", f"max_iter={iters}", fn))
+    for iters in (k // 2, k):
+        # One preconditioner object for the whole run: built at the first step, rebuilt every
+        # REFRESH steps or when the iterations grow (never, with a fixed budget).
+        pc = ig.NystromPreconditioner(rank=PRECONDITIONER_RANK, refresh_every=REFRESH)
+        fn = C.implicitgrad_fn(ig.CG(max_iter=iters, tol=0.0, preconditioner=pc), warm=True)
+        name = f"ig CG + Nystrom preconditioner ({PRECONDITIONER_RANK}), reused, warm start"
+        out.append((name, f"max_iter={iters}, refresh_every={REFRESH}", fn))
     return out
 
 
