@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -66,34 +67,23 @@ class _Minimization:
             steps = len(self.batches)  # type: ignore[arg-type]
         else:
             steps = self.steps
-        kwargs = dict(
-            steps=steps,
-            optimizer_state=self.optimizer_state,
-            buffers=self.buffers,
-            return_info=True,
-            data_parallel=self.data_parallel,
-        )
-        if not differentiable:
-            with torch.no_grad():
-                return unroll(
-                    self.train_loss,
-                    self.inner_params,
-                    self.outer_params,
-                    batches,
-                    self.optimizer,
-                    **kwargs,
-                )
-        return unroll(
-            self.train_loss,
-            self.inner_params,
-            self.outer_params,
-            batches,
-            self.optimizer,
-            truncate=truncate,
-            checkpoint=checkpoint,
-            differentiate_init=self.differentiate_init,
-            **kwargs,
-        )
+        # Without a graph (the implicit adjoint) this is plain training under no_grad.
+        with contextlib.nullcontext() if differentiable else torch.no_grad():
+            return unroll(
+                self.train_loss,
+                self.inner_params,
+                self.outer_params,
+                batches,
+                self.optimizer,
+                steps=steps,
+                truncate=truncate if differentiable else None,
+                checkpoint=checkpoint if differentiable else False,
+                differentiate_init=self.differentiate_init and differentiable,
+                optimizer_state=self.optimizer_state,
+                buffers=self.buffers,
+                return_info=True,
+                data_parallel=self.data_parallel,
+            )
 
     def implicit(
         self, theta: Tree, solver: AbstractSolver | str | None, stationarity_tol: float | None
