@@ -17,7 +17,7 @@ from ._distributed import DataParallel, Reducer, bind
 from ._errors import DivergenceError, InputError, warn
 from ._optim.base import AbstractOptimizer
 from ._recompute import Checkpoint
-from ._tree import Tree, TreeDef, flatten, leaf_path, unflatten
+from ._tree import Tree, TreeDef, flatten, leaf_path, unflatten, unflattener
 
 __all__ = ["UnrollInfo", "unroll"]
 
@@ -243,6 +243,7 @@ def unroll(
         state = optimizer_state
     else:
         state = _map_tensors(torch.Tensor.detach, optimizer_state)
+    state = optimizer._flat_state(state, theta_spec, theta)
     dp = bind(data_parallel, None, call=CALL)
     run = _Run(train_loss, optimizer, theta_spec, outer_params, n, *_module_state(buffers), dp)
     losses = _Losses(run)
@@ -271,6 +272,7 @@ def unroll(
     result = unflatten(theta_spec, theta)
     if not return_info:
         return result
+    state = optimizer._tree_state(state, theta_spec)
     info = UnrollInfo(n, k, segment, torch.tensor(losses.values, dtype=torch.float64), state)
     return result, info
 
@@ -292,6 +294,7 @@ class _Run:
         self.train_loss = train_loss
         self.optimizer = optimizer
         self.spec = spec
+        self.tree = unflattener(spec)
         self.phi = phi
         self.phi_detached = None if phi is None else _map_tensors(torch.Tensor.detach, phi)
         self.n = n
@@ -316,7 +319,7 @@ class _Run:
             leaves = [x.detach().requires_grad_() for x in theta]
         with torch.enable_grad():
             loss = self.train_loss(
-                unflatten(self.spec, leaves), self.phi if graph else self.phi_detached, batch, t
+                self.tree(leaves), self.phi if graph else self.phi_detached, batch, t
             )
             _check_loss(loss, t)
             grads = torch.autograd.grad(
@@ -324,21 +327,17 @@ class _Run:
             )
             if self.dp is not None:
                 grads, loss = self._mean(grads, loss, graph)
-        params, grad_tree = unflatten(self.spec, leaves), unflatten(self.spec, grads)
-        if graph:
-            new_params, state = self.optimizer.step(params, grad_tree, state)
-        else:
-            with torch.no_grad():
-                new_params, state = self.optimizer.step(params, grad_tree, state)
-        new_leaves, new_spec = pytree.tree_flatten(new_params)
-        if new_spec != self.spec:
-            raise InputError(
-                f"`{CALL}(optimizer=...)`: {type(self.optimizer).__name__}.step returned "
-                "parameters with a different tree structure than it received."
-            )
+        try:
+            if graph:
+                new_leaves, state = self.optimizer._step_leaves(leaves, grads, state, self.spec)
+            else:
+                with torch.no_grad():
+                    new_leaves, state = self.optimizer._step_leaves(leaves, grads, state, self.spec)
+        except InputError as err:
+            raise InputError(f"`{CALL}(optimizer=...)`: {err}") from None
         if losses is not None:
             losses.record(loss, leaves, t, graph=graph)
-        return list(new_leaves), state
+        return new_leaves, state
 
     def _mean(
         self, grads: Sequence[torch.Tensor], loss: torch.Tensor, graph: bool

@@ -218,3 +218,44 @@ def test_step_errors():
         ig.AdamW(lr=0.1).init(torch.ones(2, dtype=torch.complex64))
     with pytest.raises(ig.InputError, match=r"`SGD.init\(params=\.\.\.\)` .* dtype torch.int64"):
         ig.SGD(lr=0.1).init(torch.ones(2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("make", [lambda: ig.SGD(lr=0.1, momentum=0.9), lambda: ig.AdamW(lr=0.1)])
+def test_unroll_leaf_path_equals_public_steps(make):
+    # `unroll` drives the built-in optimizers through their leaf-list form; its parameters
+    # and returned state must be those of calling the public `step` on trees, bitwise.
+    torch.manual_seed(0)
+    theta0 = {"w": torch.randn(3, 2, dtype=torch.float64), "b": torch.randn(2, dtype=torch.float64)}
+    X = torch.randn(5, 3, dtype=torch.float64)
+
+    def loss(theta, phi, batch, step):
+        return ((X @ theta["w"] + theta["b"]) ** 2).sum() + step * theta["b"].sum()
+
+    opt = make()
+    theta, info = ig.unroll(loss, theta0, None, None, opt, steps=4, return_info=True)
+    ref, state = theta0, opt.init(theta0)
+    for t in range(4):
+        ref = {k: v.detach().requires_grad_() for k, v in ref.items()}
+        grads = dict(zip(ref, torch.autograd.grad(loss(ref, None, None, t), list(ref.values()))))
+        with torch.no_grad():
+            ref, state = opt.step(ref, grads, state)
+    for k in ref:
+        assert torch.equal(theta[k], ref[k])
+    got, want = pytree.tree_flatten(info.state), pytree.tree_flatten(state)
+    assert got[1] == want[1]
+    assert all(torch.equal(a, b) if torch.is_tensor(a) else a == b for a, b in zip(got[0], want[0]))
+
+
+def test_unroll_rejects_an_optimizer_that_changes_the_tree():
+    class Flattening(ig.AbstractOptimizer):
+        def init(self, params):
+            return None
+
+        def step(self, params, grads, state):
+            return [params["w"] - grads["w"]], state
+
+    def loss(theta, phi, batch, step):
+        return (theta["w"] ** 2).sum()
+
+    with pytest.raises(ig.InputError, match=r"unroll\(optimizer=...\).*different tree structure"):
+        ig.unroll(loss, {"w": torch.ones(2)}, None, None, Flattening(), steps=2)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 import torch
 
 from .._errors import InputError
-from .._tree import Tree, flatten, unflatten
+from .._tree import Tree, TreeDef, flatten, unflatten
 from .base import (
     AbstractOptimizer,
     Hyper,
@@ -130,15 +131,42 @@ class Adam(AbstractOptimizer):
         call = f"{type(self).__name__}.step"
         leaves, spec = flatten(params, call=call, name="params")
         grad_leaves = flatten_like(grads, spec, call=call, name="grads", like=leaves)
-        exp_avgs = flatten_like(state.exp_avg, spec, call=call, name="state", like=leaves)
-        exp_avg_sqs = flatten_like(state.exp_avg_sq, spec, call=call, name="state", like=leaves)
-        if self.amsgrad:
-            if state.max_exp_avg_sq is None:
-                raise InputError(
-                    f"`{call}(state=...)` has no max_exp_avg_sq but amsgrad=True; create the "
-                    "state with this optimizer's init()."
-                )
-            max_sqs = flatten_like(state.max_exp_avg_sq, spec, call=call, name="state", like=leaves)
+        flat = self._flat_state(state, spec, leaves)
+        new_leaves, flat = self._step_leaves(leaves, grad_leaves, flat, spec)
+        return unflatten(spec, new_leaves), self._tree_state(flat, spec)
+
+    def _flat_state(
+        self, state: AdamState, spec: TreeDef, leaves: Sequence[torch.Tensor]
+    ) -> AdamState:
+        call = f"{type(self).__name__}.step"
+
+        def flat(tree: Tree) -> list[torch.Tensor]:
+            return flatten_like(tree, spec, call=call, name="state", like=leaves)
+
+        if self.amsgrad and state.max_exp_avg_sq is None:
+            raise InputError(
+                f"`{call}(state=...)` has no max_exp_avg_sq but amsgrad=True; create the "
+                "state with this optimizer's init()."
+            )
+        max_sq = flat(state.max_exp_avg_sq) if self.amsgrad else None
+        return AdamState(state.step, flat(state.exp_avg), flat(state.exp_avg_sq), max_sq)
+
+    def _tree_state(self, state: AdamState, spec: TreeDef) -> AdamState:
+        max_sq = state.max_exp_avg_sq
+        return AdamState(
+            state.step,
+            unflatten(spec, state.exp_avg),
+            unflatten(spec, state.exp_avg_sq),
+            None if max_sq is None else unflatten(spec, max_sq),
+        )
+
+    def _step_leaves(
+        self,
+        leaves: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        state: AdamState,
+        spec: TreeDef,
+    ) -> tuple[list[torch.Tensor], AdamState]:
         beta1, beta2 = self.betas
         step = state.step + 1
         # The same order of operations as torch.optim's single-tensor Adam, so that both
@@ -147,35 +175,33 @@ class Adam(AbstractOptimizer):
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         step_size = self.lr / bias_correction1
+        # Decided once per step, not per leaf: `is_zero` reads a tensor hyperparameter.
+        decay = not is_zero(self.weight_decay)
+        tensor_beta2 = isinstance(beta2, torch.Tensor)
+        tensor_step = isinstance(step_size, torch.Tensor)
         new_params, new_m, new_v, new_max = [], [], [], []
-        for i, (p, g) in enumerate(zip(leaves, grad_leaves)):
-            if not is_zero(self.weight_decay):
+        for i, (p, g) in enumerate(zip(leaves, grads)):
+            if decay:
                 if self.decoupled_weight_decay:
                     p = p * (1 - self.lr * self.weight_decay)
                 else:
                     g = add_scaled(g, p, self.weight_decay)
-            m = torch.lerp(exp_avgs[i], g, _like(1 - beta1, g))
-            if isinstance(beta2, torch.Tensor):
-                v = beta2 * exp_avg_sqs[i] + (1 - beta2) * (g * g)
+            m = torch.lerp(state.exp_avg[i], g, _like(1 - beta1, g))
+            if tensor_beta2:
+                v = beta2 * state.exp_avg_sq[i] + (1 - beta2) * (g * g)
             else:
-                v = torch.addcmul(beta2 * exp_avg_sqs[i], g, g, value=1 - beta2)
+                v = torch.addcmul(beta2 * state.exp_avg_sq[i], g, g, value=1 - beta2)
             new_m.append(m)
             new_v.append(v)
             if self.amsgrad:
-                v = torch.maximum(max_sqs[i], v)
+                v = torch.maximum(state.max_exp_avg_sq[i], v)
                 new_max.append(v)
             denom = sqrt_safe(v) / bias_correction2_sqrt + self.eps
-            if isinstance(step_size, torch.Tensor):
+            if tensor_step:
                 new_params.append(p - step_size * (m / denom))
             else:
                 new_params.append(torch.addcdiv(p, m, denom, value=-step_size))
-        state = AdamState(
-            step,
-            unflatten(spec, new_m),
-            unflatten(spec, new_v),
-            unflatten(spec, new_max) if self.amsgrad else None,
-        )
-        return unflatten(spec, new_params), state
+        return new_params, AdamState(step, new_m, new_v, new_max if self.amsgrad else None)
 
 
 def _like(weight: Hyper, x: torch.Tensor) -> Hyper:

@@ -78,6 +78,38 @@ class AbstractOptimizer(abc.ABC):
     def step(self, params: Tree, grads: Tree, state: Any) -> tuple[Tree, Any]:
         """One update: new parameters (same tree structure as `params`) and the new state."""
 
+    # The leaf-list form below is how `unroll` drives an optimizer: one validation of the
+    # trees when the unroll starts, then steps on lists of leaves with no tree handling per
+    # step. The defaults go through `step`, so an optimizer that implements only the public
+    # contract works unchanged; the built-in ones override all three.
+
+    def _flat_state(self, state: Any, spec: TreeDef, leaves: Sequence[torch.Tensor]) -> Any:
+        """`state` (as `init` returned it) in the form `_step_leaves` takes."""
+        return state
+
+    def _tree_state(self, state: Any, spec: TreeDef) -> Any:
+        """The inverse of `_flat_state`."""
+        return state
+
+    def _step_leaves(
+        self,
+        leaves: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        state: Any,
+        spec: TreeDef,
+    ) -> tuple[list[torch.Tensor], Any]:
+        """`step` on the leaves of trees with structure `spec`, with a flat state."""
+        params = pytree.tree_unflatten(list(leaves), spec)
+        new, state = self.step(params, pytree.tree_unflatten(list(grads), spec), state)
+        new_leaves, new_spec = pytree.tree_flatten(new)
+        if new_spec != spec:
+            raise InputError(
+                f"`{type(self).__name__}.step` returned parameters with a different tree "
+                f"structure ({describe(new)}) than it received "
+                f"({describe(params)})."
+            )
+        return list(new_leaves), state
+
 
 def check_hyper(
     call: str,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from .._errors import InputError
-from .._tree import Tree, flatten, unflatten
+from .._tree import Tree, TreeDef, flatten, unflatten
 from .base import AbstractOptimizer, Hyper, add_scaled, check_hyper, flatten_like, is_zero
 
 __all__ = ["SGD", "SGDState"]
@@ -101,27 +102,53 @@ class SGD(AbstractOptimizer):
     def step(self, params: Tree, grads: Tree, state: SGDState) -> tuple[Tree, SGDState]:
         leaves, spec = flatten(params, call="SGD.step", name="params")
         grad_leaves = flatten_like(grads, spec, call="SGD.step", name="grads", like=leaves)
-        use_momentum = not is_zero(self.momentum)
-        if use_momentum:
-            if state.momentum_buffer is None:
-                raise InputError(
-                    "`SGD.step(state=...)` has no momentum buffer but momentum="
-                    f"{self.momentum!r}; create the state with this optimizer's init()."
-                )
-            buffers = flatten_like(
-                state.momentum_buffer, spec, call="SGD.step", name="state", like=leaves
+        flat = self._flat_state(state, spec, leaves)
+        new_leaves, flat = self._step_leaves(leaves, grad_leaves, flat, spec)
+        return unflatten(spec, new_leaves), self._tree_state(flat, spec)
+
+    def _flat_state(
+        self, state: SGDState, spec: TreeDef, leaves: Sequence[torch.Tensor]
+    ) -> SGDState:
+        if is_zero(self.momentum):
+            return state
+        if state.momentum_buffer is None:
+            raise InputError(
+                "`SGD.step(state=...)` has no momentum buffer but momentum="
+                f"{self.momentum!r}; create the state with this optimizer's init()."
             )
+        buffers = flatten_like(
+            state.momentum_buffer, spec, call="SGD.step", name="state", like=leaves
+        )
+        return SGDState(state.step, buffers)
+
+    def _tree_state(self, state: SGDState, spec: TreeDef) -> SGDState:
+        if state.momentum_buffer is None:
+            return state
+        return SGDState(state.step, unflatten(spec, state.momentum_buffer))
+
+    def _step_leaves(
+        self,
+        leaves: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        state: SGDState,
+        spec: TreeDef,
+    ) -> tuple[list[torch.Tensor], SGDState]:
+        # Decided once per step, not per leaf: `is_zero` reads a tensor hyperparameter.
+        decay = not is_zero(self.weight_decay)
+        use_momentum = state.momentum_buffer is not None
+        first = state.step == 0
         new_params, new_buffers = [], []
-        for i, (p, g) in enumerate(zip(leaves, grad_leaves)):
-            if not is_zero(self.weight_decay):
+        for i, (p, g) in enumerate(zip(leaves, grads)):
+            if decay:
                 g = add_scaled(g, p, self.weight_decay)
             if use_momentum:
-                if state.step == 0:
+                if first:
                     buf = g
                 else:
-                    buf = add_scaled(self.momentum * buffers[i], g, 1 - self.dampening)
+                    buf = add_scaled(
+                        self.momentum * state.momentum_buffer[i], g, 1 - self.dampening
+                    )
                 new_buffers.append(buf)
                 g = add_scaled(g, buf, self.momentum) if self.nesterov else buf
             new_params.append(add_scaled(p, g, -self.lr))
-        momentum_buffer = unflatten(spec, new_buffers) if use_momentum else None
-        return unflatten(spec, new_params), SGDState(state.step + 1, momentum_buffer)
+        return new_params, SGDState(state.step + 1, new_buffers if use_momentum else None)
