@@ -60,6 +60,7 @@ from .learning.learner import Unroll as Unroll
 from .learning.learner import meta_gradient as meta_gradient
 from .learning.reuse import TrainConfig as TrainConfig
 from .learning.reuse import train_student as train_student
+from .learning.state import LearnState as LearnState
 
 try:
     __version__ = _version("implicitgrad-commentaries")
@@ -80,6 +81,7 @@ __all__ = [
     "Schedule",
     "meta_gradient",
     "LearnHistory",
+    "LearnState",
     "train_student",
     "TrainConfig",
     "save_commentary",

@@ -1,5 +1,5 @@
-"""Learning a commentary (Algorithms 1 and 2), reusing it on fresh students, saving and
-loading it, and choosing the device."""
+"""Learning a commentary (Algorithms 1 and 2) and resuming an interrupted run, reusing it
+on fresh students, saving and loading it, and choosing the device."""
 
 from .checkpoint import CheckpointError as CheckpointError
 from .checkpoint import load_commentary as load_commentary
@@ -14,6 +14,7 @@ from .learner import meta_gradient as meta_gradient
 from .reuse import TrainConfig as TrainConfig
 from .reuse import TrainResult as TrainResult
 from .reuse import train_student as train_student
+from .state import LearnState as LearnState
 
 __all__ = [
     "CheckpointError",
@@ -24,6 +25,7 @@ __all__ = [
     "Schedule",
     "meta_gradient",
     "LearnHistory",
+    "LearnState",
     "Unroll",
     "learn",
     "TrainConfig",

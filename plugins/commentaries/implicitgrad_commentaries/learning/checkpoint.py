@@ -22,6 +22,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,11 +184,17 @@ def recover(out: str | os.PathLike[str]) -> None:
     Where it is not (the old folder is moved aside before the new one is moved in), a kill
     between the two renames leaves no `out`; the complete folder beside it is put back.
     """
+    recover_folder(out, _is_complete)
+
+
+def recover_folder(out: str | os.PathLike[str], is_complete: Callable[[Path], bool]) -> None:
+    """[`recover`][implicitgrad_commentaries.checkpoint.recover] for any folder written by
+    `save_folder`, with `is_complete` telling a complete folder from a partial one."""
     out = Path(out)
     leftovers = _leftovers(out)
     if not out.exists():
         for candidate in sorted(leftovers, key=lambda p: p.stat().st_mtime, reverse=True):
-            if _is_complete(candidate):
+            if is_complete(candidate):
                 os.rename(candidate, out)
                 leftovers.remove(candidate)
                 break
@@ -264,40 +271,73 @@ def save_commentary(
         "extra": extra or {},
         "weights_sha256": _sha256(weights),
     }
+    contents = [
+        (_WEIGHTS, weights, "weights-written"),
+        (_META, json.dumps(meta, indent=2, sort_keys=True).encode(), "metadata-written"),
+    ]
+    contents += [(name, content, None) for name, content in (files or {}).items()]
+    return save_folder(out, contents, _is_complete, where="save_commentary", pauses=True)
+
+
+def save_folder(
+    out: str | os.PathLike[str],
+    contents: list[tuple[str, str | bytes, str | None]],
+    is_complete: Callable[[Path], bool],
+    *,
+    where: str,
+    pauses: bool = False,
+) -> Path:
+    """Write the files `(name, content, pause point)` as the folder `out`, replacing what
+    was there as one unit.
+
+    A complete new folder is written beside `out`, every file and the folder are flushed to
+    disk, and it is swapped in with one rename (see the module's description); leftovers
+    of an interrupted earlier save are recovered first with `is_complete`. `where` names
+    the public call in errors; `pauses` enables the test-only pause points.
+    """
+    pause = _pause if pauses else _no_pause
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    recover(out)
+    recover_folder(out, is_complete)
     new = out.parent / f".{out.name}{_SAVING}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         os.mkdir(new)  # mode 0o777 less the umask
-        _pause("folder-created")
-        _write_file(new / _WEIGHTS, weights)
-        _pause("weights-written")
-        _write_file(new / _META, json.dumps(meta, indent=2, sort_keys=True).encode())
-        _pause("metadata-written")
-        for name, content in (files or {}).items():
+        pause("folder-created")
+        for name, content, point in contents:
             _write_file(new / name, content.encode() if isinstance(content, str) else content)
+            if point is not None:
+                pause(point)
         _fsync_dir(new)
-        _pause("synced")
-        _swap_in(new, out)
-        _pause("swapped")
+        pause("synced")
+        _swap_in(new, out, where, pause)
+        pause("swapped")
     finally:
         if new.exists():
             shutil.rmtree(new, ignore_errors=True)
     return out
 
 
-def _swap_in(new: Path, out: Path) -> None:
+def _no_pause(point: str) -> None:
+    pass
+
+
+def _swap_in(
+    new: Path,
+    out: Path,
+    where: str = "save_commentary",
+    pause: Callable[[str], None] = _pause,
+) -> None:
     """Make `new` the folder `out` with one rename; the old `out` ends up at `new`."""
     if out.exists() and not (out.is_dir() and not out.is_symlink()):
         raise CheckpointError(
-            f"`save_commentary(out={str(out)!r})`: that path exists and is not a folder; "
+            f"`{where}(out={str(out)!r})`: that path exists and is not a folder; "
             "choose another --out."
         )
     if out.is_dir() and any(out.iterdir()):
         if not _exchange(new, out):
             aside = out.parent / f".{out.name}{_SAVING}{os.getpid()}-{secrets.token_hex(4)}"
             os.rename(out, aside)
-            _pause("old-moved-aside")
+            pause("old-moved-aside")
             os.rename(new, out)
             os.rename(aside, new)
     else:
@@ -332,30 +372,10 @@ def read_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
     or the file is missing, the file is not a JSON object of the expected format, or a
     field has the wrong type.
     """
-    folder = Path(folder)
-    if not folder.exists():
-        raise _fail(
-            folder,
-            "does not exist",
-            "Pass the folder written by `commentaries learn --out DIR` (or save_commentary).",
-        )
-    if not folder.is_dir():
-        raise _fail(folder, "is a file, not a folder", "Pass the folder that holds it.")
-    path = folder / _META
-    if not path.is_file():
-        raise _fail(
-            folder,
-            f"no {_META} there",
-            "Pass the folder written by `commentaries learn --out DIR` (or save_commentary).",
-        )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _fail(folder, f"{_META} is not valid JSON ({err})") from err
-    except OSError as err:
-        raise _fail(folder, f"{_META} cannot be read ({err})") from err
-    if not isinstance(meta, dict):
-        raise _fail(folder, f"{_META} holds a JSON {type(meta).__name__}, not an object")
+    written_by = "Pass the folder written by `commentaries learn --out DIR` (or save_commentary)."
+    meta = read_json_object(
+        Path(folder), _META, _fail, written_by, "Pass the folder that holds it."
+    )
     missing = sorted({"format", "plugin", "config", "dataset"} - set(meta))
     if missing:
         raise _fail(folder, f"{_META} lacks the fields {missing}")
@@ -426,23 +446,7 @@ def load_commentary(
             folder,
             f"its config {meta['config']} does not fit {cls.__name__}: {type(err).__name__}: {err}",
         ) from err
-    weights = folder / _WEIGHTS
-    if not weights.is_file():
-        raise _fail(folder, f"{_WEIGHTS} is missing")
-    raw = weights.read_bytes()
-    if not raw:
-        raise _fail(folder, f"{_WEIGHTS} is empty")
-    expected = meta.get("weights_sha256")
-    if expected is not None and expected != _sha256(raw):
-        raise _fail(
-            folder,
-            f"{_WEIGHTS} does not match the checksum in {_META} (the file is damaged, "
-            "truncated, or comes from another save)",
-        )
-    try:
-        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as err:  # zip, pickle and torch errors of a damaged file
-        raise _fail(folder, f"{_WEIGHTS} cannot be read ({type(err).__name__}: {err})") from err
+    state = load_checked(folder, _WEIGHTS, _META, meta.get("weights_sha256"), _fail)
     if not isinstance(state, dict):
         raise _fail(folder, f"{_WEIGHTS} holds a {type(state).__name__}, not a state dict")
     bad = _non_finite(state)
@@ -477,6 +481,62 @@ def load_commentary(
     if device is not None:
         commentary.to(device)
     return commentary
+
+
+def read_json_object(
+    folder: Path,
+    name: str,
+    fail: Callable[..., CheckpointError],
+    written_by: str,
+    is_file: str,
+) -> dict[str, Any]:
+    """The JSON object in `folder / name`; a missing folder or file, a file in place of the
+    folder, or a file that is not a JSON object is raised as `fail(folder, what[, todo])`,
+    with the advice `written_by` (where such folders come from) or `is_file`."""
+    if not folder.exists():
+        raise fail(folder, "does not exist", written_by)
+    if not folder.is_dir():
+        raise fail(folder, "is a file, not a folder", is_file)
+    path = folder / name
+    if not path.is_file():
+        raise fail(folder, f"no {name} there", written_by)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise fail(folder, f"{name} is not valid JSON ({err})") from err
+    except OSError as err:
+        raise fail(folder, f"{name} cannot be read ({err})") from err
+    if not isinstance(meta, dict):
+        raise fail(folder, f"{name} holds a JSON {type(meta).__name__}, not an object")
+    return meta
+
+
+def load_checked(
+    folder: Path,
+    name: str,
+    meta_name: str,
+    expected: str | None,
+    fail: Callable[[Path, str], CheckpointError],
+) -> Any:
+    """`torch.load(folder / name, weights_only=True)` on the CPU, after checking the file
+    against the SHA-256 `expected` (recorded in `meta_name`; `None`: not checked); every
+    problem is raised as `fail(folder, what)`."""
+    path = folder / name
+    if not path.is_file():
+        raise fail(folder, f"{name} is missing")
+    raw = path.read_bytes()
+    if not raw:
+        raise fail(folder, f"{name} is empty")
+    if expected is not None and expected != _sha256(raw):
+        raise fail(
+            folder,
+            f"{name} does not match the checksum in {meta_name} (the file is damaged, "
+            "truncated, or comes from another save)",
+        )
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, pickle and torch errors of a damaged file
+        raise fail(folder, f"{name} cannot be read ({type(err).__name__}: {err})") from err
 
 
 def _few(items: list[str], limit: int = 4) -> str:

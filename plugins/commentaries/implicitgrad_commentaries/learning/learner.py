@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
+import json
 import math
 import time
 import warnings
@@ -19,6 +21,7 @@ from implicitgrad import InputError, SolverError
 from ..commentaries.base import AbstractCommentary
 from ..commentaries.students import make_student
 from ..datasets.splits import Dataset, Split
+from .state import LearnState
 
 __all__ = [
     "Schedule",
@@ -297,6 +300,10 @@ def learn(
     callback: Callable[[int, float], None] | None = None,
     device: str | torch.device | None = None,
     data_parallel: ig.DataParallel | None = None,
+    checkpoint: Callable[[LearnState], None] | None = None,
+    checkpoint_every: int = 0,
+    resume: LearnState | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> LearnHistory:
     """Fit the commentary's parameters $\\phi$ to a student's validation loss, in place.
 
@@ -326,10 +333,27 @@ def learn(
       validation loss are averaged, so the commentary stays identical everywhere and equals
       the one-process result for commentaries whose loss is a mean of per-example terms
       (weighting; blending pairs the examples of each process's slice instead).
+    - `checkpoint`: called as `checkpoint(state)` with a
+      [`LearnState`][implicitgrad_commentaries.LearnState] after every
+      `checkpoint_every`-th meta-step (steps $k, 2k, \\dots$ of the whole run, skipped steps
+      included; not after the meta-step where the run diverged). Save it with
+      `state.save(folder)`; under `data_parallel` the state is the same on every process
+      and the caller chooses which one saves.
+    - `checkpoint_every`: $k$ (default `0`: never).
+    - `resume`: a `LearnState` of this run (the same commentary and config, data set,
+      schedule, student, batch size, seed and meta learning rate; the commentary object
+      may be freshly built): continue after its step, with its parameters, optimizer
+      states, random number generators and history. `steps` stays the total number of
+      meta-steps and must exceed the state's step. The result is the same, bitwise on the
+      same machine, as a run that was never interrupted; torch's global random number
+      generators are restored too.
+    - `settings`: JSON-serializable values stored in every `LearnState` (e.g. the command
+      line's flags, to check them when the run is resumed).
 
     **Returns:**
 
-    A [`LearnHistory`][implicitgrad_commentaries.learn.LearnHistory].
+    A [`LearnHistory`][implicitgrad_commentaries.learn.LearnHistory]; after `resume`, of
+    the whole run.
 
     **Example:**
 
@@ -340,6 +364,19 @@ def learn(
     c = BlendingCommentary(data.spec)
     history = learn(c, data, "ift", steps=5)
     print(history.val_loss[-1])
+    ```
+
+    Resuming from the state saved after two meta-steps gives the same run:
+
+    ```python
+    from implicitgrad_commentaries import BlendingCommentary, learn
+    from implicitgrad_commentaries.data import load_digits_dataset
+    data = load_digits_dataset()
+    states = []
+    full = learn(BlendingCommentary(data.spec), data, "ift", steps=3,
+                 checkpoint=states.append, checkpoint_every=2)
+    resumed = learn(BlendingCommentary(data.spec), data, "ift", steps=3, resume=states[0])
+    assert resumed.val_loss == full.val_loss
     ```
     """
     if not commentary.is_learnable:
@@ -365,6 +402,12 @@ def learn(
         )
     if not isinstance(steps, int) or steps < 1:
         raise InputError(f"`learn(steps=...)` must be an int >= 1, got {steps!r}.")
+    _check_resume_arguments(checkpoint, checkpoint_every, resume, settings)
+    if meta_lr is None:
+        meta_lr = commentary.default_meta_lr
+    run = _run_identity(commentary, method, student, batch_size, seed, meta_lr)
+    if resume is not None:
+        _check_resume(resume, run, steps)
     device = data.device if device is None else torch.device(device)
     data = data.to(device)
     commentary.to(device)
@@ -372,14 +415,16 @@ def learn(
     # batches on every device.
     gen = torch.Generator().manual_seed(seed)
     phi = commentary.phi()
-    if meta_lr is None:
-        meta_lr = commentary.default_meta_lr
     meta_opt = torch.optim.Adam(phi.values(), lr=meta_lr)
     history = LearnHistory(method.name)
-    start = time.perf_counter()
     commentary.train()
-    step_fn = _meta_steps(commentary, data, method, student, batch_size, seed, gen, data_parallel)
-    for step in range(steps):
+    step_fn = _Student(commentary, data, method, student, batch_size, seed, gen, data_parallel)
+    first = 0
+    if resume is not None:
+        first, history = resume.step, _copy_history(resume.history)
+        _restore(resume, commentary, meta_opt, gen, step_fn)
+    start, earlier = time.perf_counter(), history.seconds
+    for step in range(first, steps):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ig.ConvergenceWarning)
@@ -390,17 +435,22 @@ def learn(
             history.first_error = history.first_error or str(err)
             history.val_loss.append(float("nan"))
             history.hypergrad_norm.append(float("nan"))
-            continue
-        _meta_step(meta_opt, phi, hg)
-        history.val_loss.append(val_loss)
-        history.hypergrad_norm.append(_norm(hg))
-        if callback is not None:
-            callback(step, val_loss)
-        finite_phi = all(bool(torch.isfinite(p).all()) for p in phi.values())
-        if not (finite_phi and math.isfinite(val_loss)):
-            history.diverged_at = step
-            break
-    history.seconds = time.perf_counter() - start
+        else:
+            _meta_step(meta_opt, phi, hg)
+            history.val_loss.append(val_loss)
+            history.hypergrad_norm.append(_norm(hg))
+            if callback is not None:
+                callback(step, val_loss)
+            finite_phi = all(bool(torch.isfinite(p).all()) for p in phi.values())
+            if not (finite_phi and math.isfinite(val_loss)):
+                history.diverged_at = step
+                break
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            history.seconds = earlier + time.perf_counter() - start
+            checkpoint(
+                _capture(step + 1, history, commentary, meta_opt, gen, step_fn, run, settings)
+            )
+    history.seconds = earlier + time.perf_counter() - start
     if history.not_converged:
         warnings.warn(
             f"`learn`: the linear solve stopped before its tolerance in "
@@ -410,6 +460,150 @@ def learn(
             stacklevel=2,
         )
     return history
+
+
+def _check_resume_arguments(
+    checkpoint: Any, checkpoint_every: Any, resume: Any, settings: Any
+) -> None:
+    if checkpoint is not None and not callable(checkpoint):
+        raise InputError(
+            f"`learn(checkpoint=...)` must be a function of a LearnState (or None), got "
+            f"{type(checkpoint).__name__} {checkpoint!r}."
+        )
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
+        raise InputError(
+            f"`learn(checkpoint_every=...)` must be an int >= 0 (0: never), got "
+            f"{checkpoint_every!r}."
+        )
+    if checkpoint_every < 0:
+        raise InputError(
+            f"`learn(checkpoint_every=...)` must be >= 0 (0: never), got {checkpoint_every}."
+        )
+    if checkpoint_every and checkpoint is None:
+        raise InputError(
+            f"`learn(checkpoint_every={checkpoint_every})` needs `checkpoint=`, the function "
+            "that receives the LearnState (e.g. `lambda state: state.save(folder)`)."
+        )
+    if resume is not None and not isinstance(resume, LearnState):
+        raise InputError(
+            f"`learn(resume=...)` must be a LearnState (e.g. `LearnState.load(folder)`) or "
+            f"None, got {type(resume).__name__}."
+        )
+    if settings is not None:
+        if not isinstance(settings, dict):
+            raise InputError(
+                f"`learn(settings=...)` must be a dict (or None), got {type(settings).__name__}."
+            )
+        try:
+            json.dumps(settings, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise InputError(
+                f"`learn(settings=...)` must be JSON-serializable: {err}. Pass strings, "
+                "numbers, booleans, None, lists and dicts with string keys."
+            ) from err
+
+
+def _run_identity(
+    commentary: AbstractCommentary,
+    method: Schedule,
+    student: str,
+    batch_size: int,
+    seed: int,
+    meta_lr: float,
+) -> dict[str, Any]:
+    """What a resumed run must share with the run that saved the state (JSON values)."""
+    run = {
+        "commentary": commentary.name,
+        "config": commentary.config,
+        "dataset": commentary.spec.to_json(),
+        "method": repr(method),
+        "student": student,
+        "batch_size": batch_size,
+        "seed": seed,
+        "meta_lr": meta_lr,
+    }
+    return json.loads(json.dumps(run, default=repr))
+
+
+def _check_resume(resume: LearnState, run: dict[str, Any], steps: int) -> None:
+    def show(key: str, value: Any) -> str:
+        return str(value) if key == "method" else repr(value)  # the repr of a schedule
+
+    differ = [
+        f"{key} {show(key, resume.run.get(key))} (saved) vs {show(key, value)} (this call)"
+        for key, value in run.items()
+        if resume.run.get(key) != value
+    ]
+    if differ:
+        raise InputError(
+            "`learn(resume=...)`: the state comes from another run: "
+            + "; ".join(differ)
+            + ". Call learn with the arguments of the saved run, or start without resume."
+        )
+    if resume.history.diverged_at is not None:
+        raise InputError(
+            f"`learn(resume=...)`: the saved run diverged at meta-step "
+            f"{resume.history.diverged_at + 1}; there is nothing to continue. Start again "
+            "with a smaller meta or student learning rate."
+        )
+    if resume.step >= steps:
+        raise InputError(
+            f"`learn(resume=..., steps={steps})`: the state has already completed "
+            f"{resume.step} meta-steps. Pass steps > {resume.step} (the total number of "
+            "meta-steps) to continue it."
+        )
+
+
+def _copy_history(history: LearnHistory) -> LearnHistory:
+    return dataclasses.replace(
+        history,
+        val_loss=list(history.val_loss),
+        hypergrad_norm=list(history.hypergrad_norm),
+    )
+
+
+def _capture(
+    step: int,
+    history: LearnHistory,
+    commentary: AbstractCommentary,
+    meta_opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    student: _Student,
+    run: dict[str, Any],
+    settings: dict[str, Any] | None,
+) -> LearnState:
+    rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return LearnState(
+        step=step,
+        history=_copy_history(history),
+        commentary=_to_cpu(commentary.state_dict()),
+        meta_optimizer=_to_cpu(meta_opt.state_dict()),
+        batches=gen.get_state(),
+        rng=rng,
+        student=student.state(),
+        run=run,
+        settings=json.loads(json.dumps(settings or {})),
+    )
+
+
+def _restore(
+    state: LearnState,
+    commentary: AbstractCommentary,
+    meta_opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    student: _Student,
+) -> None:
+    commentary.load_state_dict(state.commentary)
+    meta_opt.load_state_dict(state.meta_optimizer)
+    gen.set_state(state.batches)
+    student.restore(state.student)
+    # Last: rebuilding the student's initialization reseeds torch's global generator.
+    torch.set_rng_state(state.rng["cpu"])
+    cuda = state.rng.get("cuda")
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _collect(caught: list[warnings.WarningMessage], history: LearnHistory) -> None:
@@ -584,41 +778,88 @@ def _shard(dp: ig.DataParallel, batches: list[tuple], val_batch: tuple) -> tuple
     return mine, (xs, ys)
 
 
-def _meta_steps(
-    commentary: AbstractCommentary,
-    data: Dataset,
-    method: Schedule,
-    arch: str,
-    batch_size: int,
-    seed: int,
-    gen: torch.Generator,
-    data_parallel: ig.DataParallel | None = None,
-) -> Callable[[int], tuple[float, dict]]:
-    optimizer, adjoint = method.make_optimizer(), method.adjoint
-    state: dict[str, Any] = {}
+class _Student:
+    """The student of a `learn` run across meta-steps: the seed it was initialized with,
+    the function and initial parameters of that initialization, and the parameters and
+    optimizer state the next meta-step continues from."""
 
-    def step(meta_step: int) -> tuple[float, dict]:
-        restart = method.restart(meta_step, seed)
+    def __init__(
+        self,
+        commentary: AbstractCommentary,
+        data: Dataset,
+        method: Schedule,
+        arch: str,
+        batch_size: int,
+        seed: int,
+        gen: torch.Generator,
+        data_parallel: ig.DataParallel | None = None,
+    ) -> None:
+        self.commentary, self.data, self.method, self.arch = commentary, data, method, arch
+        self.batch_size, self.seed, self.gen = batch_size, seed, gen
+        self.data_parallel = data_parallel
+        self.optimizer, self.adjoint = method.make_optimizer(), method.adjoint
+        self.init_seed: int | None = None
+        self.theta: dict[str, torch.Tensor] | None = None
+        self.opt: Any = None
+
+    def _initialize(self, seed: int) -> None:
+        student = make_student(self.arch, self.data.spec, seed=seed).to(self.data.device)
+        self.fn, theta0 = ig.make_functional(student, detach=True)
+        self.theta0 = {k: v.detach() for k, v in theta0.items()}
+        self.init_seed = seed
+
+    def __call__(self, meta_step: int) -> tuple[float, dict]:
+        restart = self.method.restart(meta_step, self.seed)
         if restart is not None:
-            if restart != state.get("seed"):
-                student = make_student(arch, data.spec, seed=restart).to(data.device)
-                fn, theta0 = ig.make_functional(student, detach=True)
-                state.update(seed=restart, fn=fn, theta0={k: v.detach() for k, v in theta0.items()})
-            state["theta"], state["opt"] = state["theta0"], None
-        batches, val_batch = method.draw(data, batch_size, gen, method.position(meta_step))
-        if data_parallel is not None:
-            batches, val_batch = _shard(data_parallel, batches, val_batch)
-        val, hg, state["theta"], state["opt"] = meta_gradient(
-            commentary,
-            state["fn"],
-            state["theta"],
+            if restart != self.init_seed:
+                self._initialize(restart)
+            self.theta, self.opt = self.theta0, None
+        method = self.method
+        batches, val_batch = method.draw(
+            self.data, self.batch_size, self.gen, method.position(meta_step)
+        )
+        if self.data_parallel is not None:
+            batches, val_batch = _shard(self.data_parallel, batches, val_batch)
+        val, hg, self.theta, self.opt = meta_gradient(
+            self.commentary,
+            self.fn,
+            self.theta,
             batches,
             val_batch,
-            optimizer,
-            adjoint,
-            state["opt"],
-            data_parallel,
+            self.optimizer,
+            self.adjoint,
+            self.opt,
+            self.data_parallel,
         )
         return val, hg
 
-    return step
+    def state(self) -> dict[str, Any] | None:
+        """`{"seed", "theta", "optimizer"}` on the CPU, or `None` before the first step."""
+        if self.init_seed is None:
+            return None
+        return {
+            "seed": self.init_seed,
+            "theta": _to_cpu(self.theta),
+            "optimizer": _to_cpu(self.opt),
+        }
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            return
+        # The initialization is rebuilt from its seed: the schedule may restart from it.
+        self._initialize(int(state["seed"]))
+        device = self.data.device
+        self.theta = _to_device(state["theta"], device)
+        self.opt = _to_device(state["optimizer"], device)
+
+
+def _to_cpu(tree: Any) -> Any:
+    return torch.utils._pytree.tree_map(
+        lambda t: t.detach().to("cpu", copy=True) if isinstance(t, torch.Tensor) else t, tree
+    )
+
+
+def _to_device(tree: Any, device: torch.device) -> Any:
+    return torch.utils._pytree.tree_map(
+        lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree
+    )
