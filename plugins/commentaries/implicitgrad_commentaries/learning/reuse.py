@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,9 @@ class TrainConfig:
     - `weight_decay`: default `5e-4`.
     - `eval_fractions`: fractions of training at which test accuracy is recorded (default
       `(0.1, 0.25, 0.5, 1.0)`), to show speed-ups.
+    - `curve_points`: test accuracy is also recorded at this many evenly spaced steps, for
+      learning curves (default `0`: only at `eval_fractions`). Testing does not change
+      the training.
     """
 
     steps: int = 1500
@@ -43,6 +47,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     eval_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    curve_points: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -52,6 +57,21 @@ class TrainConfig:
                 "`TrainConfig(eval_fractions=...)` must lie in (0, 1], got "
                 f"{self.eval_fractions!r}."
             )
+        if not isinstance(self.curve_points, int) or self.curve_points < 0:
+            raise InputError(
+                f"`TrainConfig(curve_points=...)` must be an int >= 0, got {self.curve_points!r}."
+            )
+
+    def eval_step(self, fraction: float) -> int:
+        """The training step at which `fraction` of training is done."""
+        return max(1, round(fraction * self.steps))
+
+    def eval_steps(self) -> list[int]:
+        """The training steps after which the student is tested, in order: those of
+        `eval_fractions`, `curve_points` evenly spaced ones, and the last."""
+        n = self.curve_points
+        steps = {self.eval_step(f) for f in self.eval_fractions} | {self.steps}
+        return sorted(steps | {self.eval_step(k / n) for k in range(1, n + 1)})
 
 
 @dataclass(frozen=True)
@@ -62,10 +82,13 @@ class TrainResult:
 
     - `accuracy`: fraction of training → test accuracy at that point.
     - `final`: test accuracy at the end of training.
+    - `curve`: training step → test accuracy, at every step the student was tested
+      ([`TrainConfig.eval_steps`][implicitgrad_commentaries.train.TrainConfig.eval_steps]).
     """
 
     accuracy: dict[float, float]
     final: float
+    curve: dict[int, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -85,6 +108,7 @@ def train_student(
     config: TrainConfig = TrainConfig(),
     seed: int = 0,
     device: str | torch.device | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train a fresh student, optionally with a fixed commentary, and test it.
 
@@ -106,6 +130,7 @@ def train_student(
     - `seed`: seeds the initialization, the batches and the commentary's randomness.
     - `device`: where the student, the commentary and the batches live (default: the
       device of `data`); the commentary is moved there in place.
+    - `on_eval`: called as `on_eval(step, test_accuracy)` after every test of the student.
 
     **Returns:**
 
@@ -137,7 +162,7 @@ def train_student(
     )
     milestones = [int(config.steps * f) for f in (0.3, 0.6, 0.8)]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
-    checkpoints = {max(1, round(f * config.steps)): f for f in config.eval_fractions}
+    tested = set(config.eval_steps())
     gen = torch.Generator().manual_seed(seed)
     # A separate stream for the commentary's randomness keeps the batches identical across
     # conditions with the same seed.
@@ -147,7 +172,7 @@ def train_student(
         commentary.to(device)
         commentary.eval()
         phi = {k: v.detach() for k, v in commentary.phi().items()}
-    result: dict[float, float] = {}
+    curve: dict[int, float] = {}
     for step in range(1, config.steps + 1):
         idx = torch.randint(len(data.train), (config.batch_size,), generator=gen).to(device)
         x, y = data.train.x[idx], data.train.y[idx]
@@ -160,9 +185,12 @@ def train_student(
         loss.backward()
         opt.step()
         sched.step()
-        if step in checkpoints:
-            result[checkpoints[step]] = accuracy(model, _test_split(data, commentary, phi))
-    return TrainResult(result, result[checkpoints[config.steps]])
+        if step in tested:
+            curve[step] = accuracy(model, _test_split(data, commentary, phi))
+            if on_eval is not None:
+                on_eval(step, curve[step])
+    result = {f: curve[config.eval_step(f)] for f in config.eval_fractions}
+    return TrainResult(result, curve[config.steps], curve)
 
 
 def _test_split(data: Dataset, commentary: AbstractCommentary | None, phi: dict | None) -> Split:
@@ -183,6 +211,7 @@ def compare(
     config: TrainConfig = TrainConfig(),
     callback: Callable[[str, int], None] | None = None,
     device: str | torch.device | None = None,
+    on_eval: Callable[[str, int, int, float], None] | None = None,
 ) -> dict[str, list[TrainResult]]:
     """Train one student per condition and seed; the same seed gives every condition the
     same initialization and batches.
@@ -193,6 +222,8 @@ def compare(
     - `seeds`, `config`: as in [`train_student`][implicitgrad_commentaries.train.train_student].
     - `callback`: called as `callback(label, seed)` after each student.
     - `device`: as in `train_student`.
+    - `on_eval`: called as `on_eval(label, seed, step, test_accuracy)` after every test of
+      a student.
 
     **Returns:**
 
@@ -202,7 +233,12 @@ def compare(
     for label, commentary in conditions.items():
         out[label] = []
         for seed in seeds:
-            result = train_student(data, arch, commentary, config=config, seed=seed, device=device)
+            tested = None
+            if on_eval is not None:
+                tested = functools.partial(on_eval, label, seed)
+            result = train_student(
+                data, arch, commentary, config=config, seed=seed, device=device, on_eval=tested
+            )
             out[label].append(result)
             if callback is not None:
                 callback(label, seed)
@@ -236,7 +272,8 @@ def format_table(results: Mapping[str, Sequence[TrainResult]]) -> str:
 
 
 def summarize(results: Mapping[str, Sequence[TrainResult]]) -> dict[str, dict[str, object]]:
-    """JSON-ready summary: per condition, the accuracies per seed and their mean/std."""
+    """JSON-ready summary: per condition, the accuracies per seed and their mean/std, and
+    every seed's learning curve (training step → test accuracy)."""
     summary: dict[str, dict[str, object]] = {}
     for label, runs in results.items():
         finals = [r.final for r in runs]
@@ -244,5 +281,6 @@ def summarize(results: Mapping[str, Sequence[TrainResult]]) -> dict[str, dict[st
             "final_mean": statistics.fmean(finals),
             "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
             "per_seed": [{str(f): a for f, a in r.accuracy.items()} for r in runs],
+            "curves": [{str(s): a for s, a in r.curve.items()} for r in runs],
         }
     return summary
