@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,10 @@ from ..learning.distributed import join
 from ..learning.learner import METHODS, Implicit, LearnHistory, Schedule, Unroll, learn
 from ..learning.reuse import TrainConfig, compare, format_table, summarize
 from .checks import UsageError, WorkError, writable_dir, writable_file, writable_folder
+from .config import dump_config
 from .fewshot import PREPARE_FEWSHOT
+from .logs import MetricsLog, tensorboard_writer, warn
+from .progress import Progress
 
 __all__ = ["PREPARE", "SOLVERS", "make_method", "make_solver"]
 
@@ -53,20 +58,6 @@ SOLVERS = tuple(_SOLVER_CLASSES)
 __all__ += ["DATASETS", "METHODS", "STUDENTS"]
 
 Work = Callable[[], None]
-
-
-def _progress(total: int, desc: str, quiet: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    # disable=None turns the bar off when stderr is not a terminal, so logs stay readable.
-    return tqdm(
-        total=total,
-        desc=desc,
-        disable=True if quiet else None,
-        leave=False,
-        file=sys.stderr,
-        mininterval=1.0,
-    )
 
 
 def make_solver(args: argparse.Namespace) -> ig.AbstractSolver:
@@ -164,10 +155,55 @@ def _advice(args: argparse.Namespace, method: Schedule, history: LearnHistory) -
     return "Choose another --solver or --method, or a smaller --student-lr."
 
 
+def _sibling(path: Path, suffix: str) -> Path:
+    """`path` with `suffix` added to its name (`runs/blend` → `runs/blend.log`)."""
+    path = path if path.name else path.resolve()
+    return path.with_name(path.name + suffix)
+
+
+def _log_dir(args: argparse.Namespace, default: Path, out: Path) -> Path:
+    log_dir = Path(args.log_dir) if args.log_dir is not None else default
+    if log_dir.exists() and not log_dir.is_dir():
+        raise UsageError(f"--log-dir {str(log_dir)!r} is an existing file; pass a folder")
+    if args.command == "learn" and log_dir.resolve().is_relative_to(out.resolve()):
+        raise UsageError(
+            f"--log-dir {str(log_dir)!r} is inside --out {str(out)!r}, which is replaced as a "
+            "whole when the commentary is saved; choose a folder outside it"
+        )
+    writable_dir(log_dir, "--log-dir")
+    return log_dir
+
+
+def _saved_config(args: argparse.Namespace, resolved: dict[str, Any]) -> str:
+    """The resolved settings of this run as TOML, warning about what TOML cannot hold."""
+    from .main import build_parser
+
+    sub = build_parser().subcommands[args.command]  # type: ignore[attr-defined]
+    text, left_out = dump_config(args.command, sub, args, resolved)
+    for name in left_out:
+        warn(
+            f"commentaries {args.command}",
+            f"--set {name}=null cannot be written to the saved configuration (TOML has no "
+            "null); it is left out there",
+        )
+    return text
+
+
+def _hypergrad_norm(commentary: AbstractCommentary) -> float:
+    # The learner sets every parameter's .grad to its hypergradient before the meta-step
+    # and clears it only at the next one, so the callback sees it there.
+    grads = [p.grad for p in commentary.phi().values() if p.grad is not None]
+    return math.sqrt(sum(float((g.detach() ** 2).sum()) for g in grads))
+
+
+LEARN_FIELDS = ("step", "val_loss", "hypergrad_norm", "skipped", "seconds")
+
+
 def prepare_learn(args: argparse.Namespace) -> Work:
     cls = _commentary_class(args.name)
     device = resolve_device(args.device)
     out = writable_folder(args.out, "--out", overwrite=args.overwrite, marker="commentary.json")
+    log_dir = _log_dir(args, _sibling(out, ".log"), out)
     data = load_dataset(args.dataset, args.data_dir)
     config = _settings(args.set)
     # Seed before building the commentary, so that its initialization is reproducible too.
@@ -191,6 +227,10 @@ def prepare_learn(args: argparse.Namespace) -> Work:
         )
     method = make_method(args, commentary)
     make_student(args.student, data.spec)  # a CNN on vector data is refused here
+    meta_lr = commentary.default_meta_lr if args.meta_lr is None else args.meta_lr
+    resolved = {"method": method.name, "meta_lr": meta_lr, "set": config}
+    saved_config = _saved_config(args, resolved)
+    writer = tensorboard_writer("commentaries learn") if args.log_dir is not None else None
 
     def work() -> None:
         # Under torchrun: every process learns on its slice of each batch; only the first
@@ -198,26 +238,58 @@ def prepare_learn(args: argparse.Namespace) -> Work:
         # next collective (or after the group's timeout).
         procs = join(device)
         quiet = args.quiet or not procs.is_main
-        bar = _progress(args.steps, f"learn {args.name} ({method!r:.40})", quiet)
+        progress = Progress(
+            args.steps, "commentaries learn", "meta-step", quiet=quiet, every=args.progress_every
+        )
+        log = None
+        if procs.is_main:
+            tb_dir = log_dir if writer is not None else None
+            log = MetricsLog(
+                log_dir / "learn-metrics.csv", LEARN_FIELDS, writer=writer, tb_dir=tb_dir
+            )
+        start = time.perf_counter()
+        logged = [0]  # meta-steps in the log; a skipped one has no callback
+
+        def record(step: int, val_loss: float, norm: float) -> None:
+            if log is not None:
+                row = {"step": step + 1, "val_loss": val_loss, "hypergrad_norm": norm}
+                row |= {
+                    "skipped": int(math.isnan(norm)),
+                    "seconds": f"{time.perf_counter() - start:.3f}",
+                }
+                scalars = {"learn/val_loss": val_loss, "learn/hypergrad_norm": norm}
+                log.write(row, scalars | {"learn/skipped": row["skipped"]}, step + 1)
+            logged[0] = step + 1
+
+        def skipped_until(step: int) -> None:
+            for missed in range(logged[0], step):
+                record(missed, math.nan, math.nan)
+                progress.update("meta-step skipped (solver failed)")
 
         def tick(step: int, val_loss: float) -> None:
-            bar.update(1)
-            bar.set_postfix(val_loss=f"{val_loss:.3f}")
+            skipped_until(step)
+            record(step, val_loss, _hypergrad_norm(commentary))
+            progress.update(f"val_loss {val_loss:.3f}")
 
-        history = learn(
-            commentary,
-            data,
-            method,
-            student=args.student,
-            steps=args.steps,
-            meta_lr=args.meta_lr,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            callback=tick,
-            device=procs.device,
-            data_parallel=procs.data_parallel,
-        )
-        bar.close()
+        try:
+            history = learn(
+                commentary,
+                data,
+                method,
+                student=args.student,
+                steps=args.steps,
+                meta_lr=args.meta_lr,
+                batch_size=args.batch_size,
+                seed=args.seed,
+                callback=tick,
+                device=procs.device,
+                data_parallel=procs.data_parallel,
+            )
+            skipped_until(len(history.val_loss))
+        finally:
+            progress.close()
+            if log is not None:
+                log.close()
         failure = history.failure(args.steps)
         if failure is not None or _non_finite(commentary):
             failure = (failure or "the commentary's parameters are NaN or infinite").rstrip(".")
@@ -226,8 +298,11 @@ def prepare_learn(args: argparse.Namespace) -> Work:
                 f"learning failed: {failure}. {_advice(args, method, history)} ({kept})"
             )
         procs.close()
-        if not procs.is_main:
+        if log is None:
             return
+        # The saved table takes the values from the history, whatever the callback saw.
+        for row, val_loss, norm in zip(log.rows, history.val_loss, history.hypergrad_norm):
+            row.update(val_loss=val_loss, hypergrad_norm=norm)
         settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "debug")}
         extra = {
             "learn": settings,
@@ -236,8 +311,12 @@ def prepare_learn(args: argparse.Namespace) -> Work:
             "processes": procs.world,
             "history": history.to_json(),
         }
-        metrics = json.dumps(extra, indent=2)
-        save_commentary(commentary, out, extra, files={"learn-metrics.json": metrics})
+        files = {
+            "learn-metrics.json": json.dumps(extra, indent=2),
+            "learn-metrics.csv": log.text(),
+            "config.toml": saved_config,
+        }
+        save_commentary(commentary, out, extra, files=files)
         print(
             f"learned {args.name} on {args.dataset} with {method!r} on {device} in "
             f"{history.seconds:.1f}s ({history.skipped} of {args.steps} meta-steps skipped); "
@@ -254,6 +333,33 @@ def prepare_learn(args: argparse.Namespace) -> Work:
 # ------------------------------------------------------------------------------------------
 # train
 
+TRAIN_FIELDS = ("condition", "seed", "step", "fraction", "test_accuracy", "seconds")
+
+
+def _beside(out: Path, suffix: str) -> Path:
+    """A file next to the metrics JSON `out`, named after its stem."""
+    path = out.with_name(out.stem + suffix)
+    if path == out:
+        raise UsageError(
+            f"--out {str(out)!r}: its {suffix} file would be the metrics file itself; name "
+            "the metrics file NAME.json"
+        )
+    return path
+
+
+def _matplotlib(prog: str) -> bool:
+    """Whether matplotlib imports; one warning line when it does not."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        warn(
+            prog,
+            f"the learning-curve plot needs matplotlib ({err}); install the extra: pip "
+            "install 'implicitgrad-commentaries[plots]'. Skipping the plot",
+        )
+        return False
+    return True
+
 
 def prepare_train(args: argparse.Namespace) -> Work:
     device = resolve_device(args.device)
@@ -261,11 +367,22 @@ def prepare_train(args: argparse.Namespace) -> Work:
     out = writable_file(
         args.out or str(Path(args.commentary) / f"train-{args.student}.json"), "--out"
     )
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    saved_config_path, png = _beside(out, ".config.toml"), _beside(out, ".png")
+    log_dir = _log_dir(args, out.parent, out)
+    csv_path = log_dir / f"{out.stem}.csv"
+    if csv_path == out:
+        raise UsageError(f"--out {str(out)!r}: the CSV log would be the metrics file itself")
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, curve_points=args.curve_points
+    )
     dataset = args.dataset or commentary.spec.name
     data = load_dataset(dataset, args.data_dir)
     check_compatible(commentary, data.spec, where=f"--commentary {args.commentary}")
     make_student(args.student, data.spec)
+    seeds = args.seeds
+    saved_config = _saved_config(args, {"dataset": dataset, "seeds": list(seeds)})
+    writer = tensorboard_writer("commentaries train") if args.log_dir is not None else None
+    plots = _matplotlib("commentaries train")
 
     def work() -> None:
         conditions: dict[str, Any] = {
@@ -273,33 +390,68 @@ def prepare_train(args: argparse.Namespace) -> Work:
             "learned commentary": commentary,
         }
         conditions.update(commentary.controls(data.val.x.to(device)))
-        bar = _progress(len(conditions) * args.seeds, f"train {args.student}", args.quiet)
-        results = compare(
-            data,
-            args.student,
-            conditions,
-            seeds=tuple(range(args.seeds)),
-            config=config,
-            callback=lambda label, seed: bar.update(1),
-            device=device,
+        progress = Progress(
+            len(conditions) * len(seeds),
+            "commentaries train",
+            "student",
+            quiet=args.quiet,
+            every=args.progress_every,
         )
-        bar.close()
+        log = MetricsLog(csv_path, TRAIN_FIELDS, writer=writer, tb_dir=log_dir if writer else None)
+        start = time.perf_counter()
+        last: dict[tuple[str, int], float] = {}
+
+        def tested(label: str, seed: int, step: int, acc: float) -> None:
+            row = {"condition": label, "seed": seed, "step": step, "fraction": step / args.steps}
+            row |= {"test_accuracy": acc, "seconds": f"{time.perf_counter() - start:.3f}"}
+            log.write(row, {f"test_accuracy/{label}/seed {seed}": acc}, step)
+            last[label, seed] = acc
+
+        def trained(label: str, seed: int) -> None:
+            progress.update(f"{label}, seed {seed}: {100 * last[label, seed]:.1f}%")
+
+        try:
+            results = compare(
+                data,
+                args.student,
+                conditions,
+                seeds=seeds,
+                config=config,
+                callback=trained,
+                device=device,
+                on_eval=tested,
+            )
+        finally:
+            progress.close()
+            log.close()
         table = format_table(results)
+        shown = ", ".join(map(str, seeds[:8])) + (", ..." if len(seeds) > 8 else "")
         print(
-            f"test accuracy (%), mean ± std over {args.seeds} seeds; student {args.student}, "
-            f"{args.steps} steps, dataset {dataset}, device {device}"
+            f"test accuracy (%), mean ± std over {len(seeds)} seeds ({shown}); student "
+            f"{args.student}, {args.steps} steps, dataset {dataset}, device {device}"
         )
         print(table)
         metrics = {
+            "commentary": str(args.commentary),
             "student": args.student,
             "dataset": dataset,
             "device": str(device),
+            "seeds": list(seeds),
             "config": vars(config) | {"eval_fractions": list(config.eval_fractions)},
             "results": summarize(results),
             "table": table,
             "versions": versions(),
         }
         atomic_write(out, json.dumps(metrics, indent=2))
+        atomic_write(saved_config_path, saved_config)
+        if plots:
+            title = (
+                f"{commentary.name} commentary ({Path(args.commentary).name}) reused on "
+                f"{args.student} students, {dataset}"
+            )
+            from ..curves import plot_learning_curves
+
+            print(f"wrote {plot_learning_curves(results, png, title=title)}")
 
     return work
 

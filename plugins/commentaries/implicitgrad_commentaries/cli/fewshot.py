@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from .checks import (
     writable_file,
     writable_folder,
 )
+from .progress import Progress, add_progress_flag
 
 __all__ = ["add_parsers", "PREPARE_FEWSHOT", "FEWSHOT_DATASETS"]
 
@@ -76,6 +76,7 @@ def add_parsers(
     lp.add_argument("--seed", type=integer(0, 2**31 - 1), default=0, help="random seed")
     lp.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     device_flag(lp)
+    add_progress_flag(lp)
 
     ep = subcommand("fewshot-evaluate", "meta-test accuracy (mean ± 95%% CI) of a saved run")
     ep.add_argument("run", help="folder written by `fewshot-learn`")
@@ -109,13 +110,6 @@ def _solver(args: argparse.Namespace) -> ig.AbstractSolver:
     return ig.Identity() if args.solver == "identity" else ig.Exact()
 
 
-def _progress(total: int, desc: str, quiet: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=True if quiet else None, leave=False,
-                file=sys.stderr, mininterval=1.0)  # fmt: skip
-
-
 def prepare_learn(args: argparse.Namespace) -> Work:
     device = resolve_device(args.device)
     out = writable_folder(args.out, "--out", overwrite=args.overwrite, marker="fewshot.json")
@@ -141,11 +135,16 @@ def prepare_learn(args: argparse.Namespace) -> Work:
     model.to(device)
 
     def work() -> None:
-        bar = _progress(args.meta_steps, f"fewshot-learn {args.method}", args.quiet)
+        bar = Progress(
+            args.meta_steps,
+            "commentaries fewshot-learn",
+            "meta-step",
+            quiet=args.quiet,
+            every=args.progress_every,
+        )
 
         def tick(step: int, loss: float) -> None:
-            bar.update(1)
-            bar.set_postfix(query_loss=f"{loss:.3f}")
+            bar.update(f"query_loss {loss:.3f}")
 
         tasks = (t.to(device) for t in train)
         try:

@@ -27,7 +27,9 @@ import implicitgrad as ig
 from ..learning.device import DEVICES
 from . import commands
 from . import fewshot as fewshot_commands
-from .checks import UsageError, WorkError, integer, number
+from .checks import UsageError, WorkError, integer, number, seed_list
+from .config import read_config
+from .progress import add_progress_flag
 
 __all__ = ["main", "build_parser"]
 
@@ -73,7 +75,9 @@ def _global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     # On the subcommands the defaults are SUPPRESS, so that a flag given before the
     # subcommand is not reset by the subcommand's own default.
     default: Any = argparse.SUPPRESS if suppress else False
-    parser.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", default=default, help="no progress bars or lines"
+    )
     parser.add_argument(
         "--debug",
         action="store_true",
@@ -116,8 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     subcommand("list", "list the installed commentary plugins and the broken ones")
 
     lp = subcommand("learn", "learn a commentary and save it")
-    lp.add_argument("name", help="plugin name (see `commentaries list`)")
-    lp.add_argument("--out", required=True, help="folder to save the commentary in")
+    lp.add_argument(
+        "name",
+        nargs="?",
+        help="plugin name (see `commentaries list`); required, here or in --config",
+    )
+    lp.add_argument("--out", help="folder to save the commentary in; required, here or in --config")
+    _config_flag(lp)
     lp.add_argument(
         "--overwrite",
         action="store_true",
@@ -180,9 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--batch-size", type=integer(1), default=64, help="batch size")
     lp.add_argument("--seed", type=integer(0, 2**63 - 1), default=0, help="random seed")
     _device_flag(lp)
+    lp.add_argument(
+        "--log-dir",
+        help="folder for the metrics CSV (learn-metrics.csv, one row per meta-step) and "
+        "TensorBoard scalars (with the tensorboard extra); default: OUT.log beside --out, "
+        "CSV only",
+    )
+    add_progress_flag(lp)
 
     tp = subcommand("train", "train fresh students with a saved commentary")
-    tp.add_argument("--commentary", required=True, help="folder written by `learn`")
+    tp.add_argument("--commentary", help="folder written by `learn`; required, here or in --config")
+    _config_flag(tp)
     tp.add_argument(
         "--dataset",
         choices=commands.DATASETS,
@@ -190,12 +207,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("--data-dir", default="data", help="folder with MNIST/CIFAR files")
     tp.add_argument("--student", choices=commands.STUDENTS, default="cnn", help="student")
-    tp.add_argument("--seeds", type=integer(1), default=3, help="number of seeds")
+    tp.add_argument(
+        "--seeds",
+        type=seed_list(),
+        default="3",
+        help="a count (3: seeds 0, 1, 2), a list (0,4,7) or an inclusive range (5-9)",
+    )
     tp.add_argument("--steps", type=integer(1), default=1500, help="student training steps")
     tp.add_argument("--lr", type=number(0.0), default=0.05, help="student learning rate")
     tp.add_argument("--batch-size", type=integer(1), default=64, help="batch size")
     tp.add_argument("--out", help="metrics JSON file; default: COMMENTARY/train-STUDENT.json")
+    tp.add_argument(
+        "--curve-points",
+        type=integer(0),
+        default=20,
+        help="evenly spaced tests of every student for the learning curves (OUT_STEM.png)",
+    )
     _device_flag(tp)
+    tp.add_argument(
+        "--log-dir",
+        help="folder for the metrics CSV (OUT_STEM.csv, one row per condition, seed and "
+        "test) and TensorBoard scalars (with the tensorboard extra); default: the folder of "
+        "--out, CSV only",
+    )
+    add_progress_flag(tp)
 
     sp = subcommand("show", "write PNG plots of a saved commentary")
     sp.add_argument("commentary", help="folder written by `learn`")
@@ -203,7 +238,42 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="folder for the PNGs; default: the commentary folder")
 
     fewshot_commands.add_parsers(subcommand, _device_flag)
+    parser.subcommands = sub.choices  # type: ignore[attr-defined]
     return parser
+
+
+def _config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file of settings (keys: the long flag names); flags given here win",
+    )
+
+
+# Required, but possibly given by the --config file rather than on the command line.
+_NEEDED = {"learn": ("name", "--out"), "train": ("--commentary",)}
+
+
+def _with_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
+) -> argparse.Namespace:
+    """`argv` parsed again over the settings of its `--config` file, if it has one."""
+    sub = parser.subcommands[args.command]  # type: ignore[attr-defined]
+    if getattr(args, "config", None) is not None:
+        found = read_config(args.config, args.command, parser.subcommands)  # type: ignore[attr-defined]
+        # A false switch in the file is the default anyway, and as a subcommand default it
+        # would undo the same switch given before the subcommand.
+        sub.set_defaults(**{k: v for k, v in found.items() if v is not False})
+        args = parser.parse_args(argv)
+    needed = _NEEDED.get(args.command, ())
+    missing = [name for name in needed if getattr(args, name.lstrip("-")) is None]
+    if missing:
+        raise _ParseError(
+            sub.prog,
+            f"the following arguments are required: {', '.join(missing)} (on the command "
+            "line or in --config)",
+        )
+    return args
 
 
 def _one_line(err: BaseException) -> str:
@@ -252,8 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         _show_warnings(prog)
         try:
-            args = build_parser().parse_args(argv)
+            parser = build_parser()
+            args = parser.parse_args(argv)
             prog[0] = f"commentaries {args.command}"
+            args = _with_config(parser, args, argv)
             work: Callable[[], None] = commands.PREPARE[args.command](args)
         except _ParseError as err:
             print(f"{err.prog}: error: {_one_line(err)} (see `{err.prog} --help`)", file=sys.stderr)
