@@ -13,7 +13,9 @@ callback is called, and every invalid argument.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -259,6 +261,21 @@ def test_the_callback_gets_states_at_every_kth_step() -> None:
     assert _history(later[0].history) == _history(states[1].history)
 
 
+def test_no_state_after_the_step_that_diverged() -> None:
+    states: list[LearnState] = []
+    history = learn(
+        _build("blending", 0),
+        DATA,
+        Unroll(inner_steps=2, student_lr=1e38),
+        steps=3,
+        student="linear",
+        batch_size=8,
+        checkpoint=states.append,
+        checkpoint_every=1,
+    )
+    assert history.diverged_at == 0 and states == []
+
+
 def test_checkpoint_every_zero_never_calls() -> None:
     calls: list[LearnState] = []
     learn(
@@ -302,16 +319,28 @@ def _replace_payload(payload: object) -> Callable[[Path], None]:
 
     def replace(folder: Path) -> None:
         torch.save(payload, folder / "state.pt")
-        digest = __import__("hashlib").sha256((folder / "state.pt").read_bytes()).hexdigest()
-        _edit_meta(lambda m: m.update(state_sha256=digest))(folder)
+        _rechecksum(folder)
 
     return replace
 
 
+def _replace_payload_field(name: str, value: object) -> Callable[[Path], None]:
+    def replace(folder: Path) -> None:
+        payload = torch.load(folder / "state.pt", weights_only=True)
+        payload[name] = value
+        _replace_payload(payload)(folder)
+
+    return replace
+
+
+def _rechecksum(folder: Path) -> None:
+    digest = hashlib.sha256((folder / "state.pt").read_bytes()).hexdigest()
+    _edit_meta(lambda m: m.update(state_sha256=digest))(folder)
+
+
 def _truncate_with_checksum(folder: Path) -> None:
     _truncate(folder)
-    digest = __import__("hashlib").sha256((folder / "state.pt").read_bytes()).hexdigest()
-    _edit_meta(lambda m: m.update(state_sha256=digest))(folder)
+    _rechecksum(folder)
 
 
 DAMAGE = {
@@ -331,6 +360,14 @@ DAMAGE = {
     ),
     "truncated, checksum recomputed": (_truncate_with_checksum, "state.pt cannot be read"),
     "another kind of file": (_replace_payload({"a": 1}), "does not hold a learn state"),
+    "a generator state edited": (
+        _replace_payload_field("batches", torch.zeros(3)),
+        "batches is not a generator state",
+    ),
+    "a student tree of another type": (
+        _replace_payload_field("student", {"__tree__": "namedtuple:os:getcwd", "items": []}),
+        "os.getcwd is not a named tuple",
+    ),
     "a commentary's weights": (
         _replace_payload({"matrix": torch.zeros(3, 3)}),
         "does not hold a learn state",
@@ -345,8 +382,6 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_state_is_one_checkpoint_error(damage: str, saved: Path, tmp_path: Path) -> None:
-    import shutil
-
     folder = tmp_path / "run.resume"
     shutil.copytree(saved, folder)
     change, words = DAMAGE[damage]

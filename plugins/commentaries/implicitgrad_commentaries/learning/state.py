@@ -64,7 +64,7 @@ _HISTORY = (
 )
 
 
-@dataclass
+@dataclass(eq=False)  # eq=False: fields hold tensors, which do not compare to bool
 class LearnState:
     """Everything needed to continue a [`learn`][implicitgrad_commentaries.learn] run
     exactly where it stopped.
@@ -197,8 +197,8 @@ class LearnState:
         payload = load_checked(folder, _STATE, _META, meta["state_sha256"], _fail)
         try:
             state = _from_payload(payload)
-        except (KeyError, TypeError, ValueError) as err:
-            raise _fail(folder, f"{_STATE} does not hold a learn state ({err})") from err
+        except (KeyError, TypeError, ValueError, ImportError, AttributeError) as err:
+            raise _fail(folder, f"{_STATE} does not hold a learn state ({err!r})") from err
         for key in ("step", "run", "settings"):
             if meta[key] != getattr(state, key):
                 raise _fail(folder, f"the {key!r} of {_META} and {_STATE} differ")
@@ -261,6 +261,9 @@ def _from_payload(payload: Any) -> LearnState:
     for name, kind in checks:
         if not isinstance(getattr(state, name), kind):
             raise TypeError(f"its {name!r} is a {type(getattr(state, name)).__name__}")
+    for name, value in (("batches", state.batches), ("rng['cpu']", state.rng.get("cpu"))):
+        if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8):
+            raise TypeError(f"its {name} is not a generator state")
     if len(state.history.val_loss) != state.step:
         raise ValueError(f"its history has {len(state.history.val_loss)} steps, not {state.step}")
     return state
