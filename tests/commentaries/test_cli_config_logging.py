@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import Result, assert_one_line_error, env, script
+from cli_helpers import Result, assert_one_line_error, env, run_many, script
 from implicitgrad_commentaries.cli import main
 
 LEARN = ["learn", "blending", "--student", "linear", "--steps", "3"]
@@ -368,3 +368,83 @@ def test_seeds_in_a_config_file(
     config.write_text("[train]\nseeds = [1, 1]\n")
     result = _main(capsys, "train", "--config", str(config))
     assert_one_line_error(result, 2, "train", "key 'train.seeds': seed 1 is given twice")
+
+
+# ---------------------------------------------------------------------------------------
+# --resume
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """A learn run killed with SIGKILL after it saved a state, and that state's step."""
+    out = tmp_path_factory.mktemp("resume") / "run"
+    state = out.with_name("run.resume")
+    proc = subprocess.Popen(
+        [*script(), "--quiet", *LEARN[:-1], "100000", "--checkpoint-every", "3"]
+        + ["--out", str(out)],
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (state / "state.json").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    from implicitgrad_commentaries.learning import LearnState
+
+    return out, LearnState.load(state).step
+
+
+def test_resume_refuses_other_flags_a_missing_state_and_a_fresh_start(
+    capsys: pytest.CaptureFixture[str], interrupted: tuple[Path, int], tmp_path: Path
+) -> None:
+    out, step = interrupted
+    steps = str(step + 3)
+    base = [*LEARN[:-1], steps, "--out", str(out), "--resume"]
+    result = _main(capsys, *base, "--student-lr", "0.3", "--set", "init=-2")
+    assert_one_line_error(result, 2, "learn", "was started with other settings: --set init=-2")
+    assert "--student-lr 0.3 (saved: 0.1)" in result.err
+    result = _main(capsys, *LEARN[:-1], str(step), "--out", str(out), "--resume")
+    assert_one_line_error(result, 2, "learn", f"has already completed {step} meta-steps")
+    result = _main(
+        capsys, *LEARN[:-1], steps, "--out", str(out)
+    )  # neither --resume nor --overwrite
+    assert_one_line_error(result, 2, "learn", "pass --resume to continue it, or --overwrite")
+    result = _main(capsys, *LEARN, "--out", str(tmp_path / "never"), "--resume")
+    assert_one_line_error(result, 2, "learn", "--resume: there is no saved state in")
+    assert (out.with_name("run.resume") / "state.json").exists()  # nothing was touched
+
+
+def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(
+    interrupted: tuple[Path, int],
+) -> None:
+    out, step = interrupted
+    reference = out.with_name("reference")
+    steps = ["--steps", str(step + 3)]
+    results = run_many(
+        {
+            "resumed": ([*LEARN[:-2], *steps, "--out", str(out), "--resume", "--quiet"], ()),
+            "reference": ([*LEARN[:-2], *steps, "--out", str(reference), "--quiet"], ()),
+        }
+    )
+    for result in results.values():
+        assert result.code == 0, result.err
+    a, b = (torch.load(f / "commentary.pt") for f in (out, reference))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    histories = [_learned(f)["history"] for f in (out, reference)]
+    for history in histories:
+        del history["seconds"]
+    assert histories[0] == histories[1] and len(histories[0]["val_loss"]) == step + 3
+    for rows in (
+        _rows(out / "learn-metrics.csv"),
+        _rows(out.with_name("run.log") / "learn-metrics.csv"),
+    ):
+        assert [int(r["step"]) for r in rows] == list(range(1, step + 4))  # none twice or missing
+        assert [float(r["val_loss"]) for r in rows] == histories[1]["val_loss"]
+    assert not out.with_name("run.resume").exists()  # removed once the commentary is saved

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -36,11 +37,13 @@ from ..learning.device import resolve_device
 from ..learning.distributed import join
 from ..learning.learner import METHODS, Implicit, LearnHistory, Schedule, Unroll, learn
 from ..learning.reuse import TrainConfig, compare, format_table, summarize
+from ..learning.state import LearnState
 from .checks import UsageError, WorkError, writable_dir, writable_file, writable_folder
 from .config import dump_config
 from .fewshot import PREPARE_FEWSHOT
-from .logs import MetricsLog, tensorboard_writer, warn
+from .logs import MetricsLog, read_rows, tensorboard_writer, warn
 from .progress import Progress
+from .resume import check_state, load_state, restored_rows, run_flags
 
 __all__ = ["PREPARE", "SOLVERS", "make_method", "make_solver"]
 
@@ -202,7 +205,17 @@ LEARN_FIELDS = ("step", "val_loss", "hypergrad_norm", "skipped", "seconds")
 def prepare_learn(args: argparse.Namespace) -> Work:
     cls = _commentary_class(args.name)
     device = resolve_device(args.device)
-    out = writable_folder(args.out, "--out", overwrite=args.overwrite, marker="commentary.json")
+    resume_dir = _sibling(Path(args.out), ".resume")
+    if resume_dir.exists() and not (args.resume or args.overwrite):
+        raise UsageError(
+            f"--out {args.out!r}: an interrupted run saved its state in {str(resume_dir)!r}; "
+            "pass --resume to continue it, or --overwrite to start again (the state is "
+            "removed)"
+        )
+    state = load_state(resume_dir) if args.resume else None
+    # A resumed run may replace what its first start was allowed to replace.
+    overwrite = args.overwrite or bool(state is not None and state.settings.get("overwrite"))
+    out = writable_folder(args.out, "--out", overwrite=overwrite, marker="commentary.json")
     log_dir = _log_dir(args, _sibling(out, ".log"), out)
     data = load_dataset(args.dataset, args.data_dir)
     config = _settings(args.set)
@@ -229,8 +242,13 @@ def prepare_learn(args: argparse.Namespace) -> Work:
     make_student(args.student, data.spec)  # a CNN on vector data is refused here
     meta_lr = commentary.default_meta_lr if args.meta_lr is None else args.meta_lr
     resolved = {"method": method.name, "meta_lr": meta_lr, "set": config}
+    flags = run_flags(args, resolved)
+    if state is not None:
+        check_state(state, resume_dir, flags, args.steps)
+    state_settings = {"command": "commentaries learn", "flags": flags, "overwrite": overwrite}
     saved_config = _saved_config(args, resolved)
     writer = tensorboard_writer("commentaries learn") if args.log_dir is not None else None
+    done = 0 if state is None else state.step
 
     def work() -> None:
         # Under torchrun: every process learns on its slice of each batch; only the first
@@ -239,16 +257,31 @@ def prepare_learn(args: argparse.Namespace) -> Work:
         procs = join(device)
         quiet = args.quiet or not procs.is_main
         progress = Progress(
-            args.steps, "commentaries learn", "meta-step", quiet=quiet, every=args.progress_every
+            args.steps,
+            "commentaries learn",
+            "meta-step",
+            quiet=quiet,
+            every=args.progress_every,
+            done=done,
         )
-        log = None
+        log, offset = None, 0.0
         if procs.is_main:
+            if state is None and resume_dir.exists():  # --overwrite: start again
+                shutil.rmtree(resume_dir)
             tb_dir = log_dir if writer is not None else None
+            csv_path = log_dir / "learn-metrics.csv"
+            rows = [] if state is None else restored_rows(state, read_rows(csv_path))
+            if rows:
+                offset = float(rows[-1]["seconds"] or state.history.seconds)
             log = MetricsLog(
-                log_dir / "learn-metrics.csv", LEARN_FIELDS, writer=writer, tb_dir=tb_dir
+                csv_path, LEARN_FIELDS, rows=rows, writer=writer, tb_dir=tb_dir, purge_step=done + 1
             )
-        start = time.perf_counter()
-        logged = [0]  # meta-steps in the log; a skipped one has no callback
+        start = time.perf_counter() - offset
+        logged = [done]  # meta-steps in the log; a skipped one has no callback
+
+        def save_state(learn_state: LearnState) -> None:
+            if procs.is_main:
+                learn_state.save(resume_dir)
 
         def record(step: int, val_loss: float, norm: float) -> None:
             if log is not None:
@@ -284,6 +317,10 @@ def prepare_learn(args: argparse.Namespace) -> Work:
                 callback=tick,
                 device=procs.device,
                 data_parallel=procs.data_parallel,
+                checkpoint=save_state,
+                checkpoint_every=args.checkpoint_every,
+                resume=state,
+                settings=state_settings,
             )
             skipped_until(len(history.val_loss))
         finally:
@@ -294,6 +331,8 @@ def prepare_learn(args: argparse.Namespace) -> Work:
         if failure is not None or _non_finite(commentary):
             failure = (failure or "the commentary's parameters are NaN or infinite").rstrip(".")
             kept = "the commentary already there is kept" if out.exists() else "nothing saved"
+            if procs.is_main:  # resuming would fail the same way
+                shutil.rmtree(resume_dir, ignore_errors=True)
             raise WorkError(
                 f"learning failed: {failure}. {_advice(args, method, history)} ({kept})"
             )
@@ -317,6 +356,7 @@ def prepare_learn(args: argparse.Namespace) -> Work:
             "config.toml": saved_config,
         }
         save_commentary(commentary, out, extra, files=files)
+        shutil.rmtree(resume_dir, ignore_errors=True)
         print(
             f"learned {args.name} on {args.dataset} with {method!r} on {device} in "
             f"{history.seconds:.1f}s ({history.skipped} of {args.steps} meta-steps skipped); "

@@ -196,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
         "CSV only",
     )
     add_progress_flag(lp)
+    lp.add_argument(
+        "--checkpoint-every",
+        type=integer(0),
+        default=10,
+        metavar="K",
+        help="save the run's state to OUT.resume every K meta-steps, for --resume (0: never); "
+        "removed once the commentary is saved",
+    )
+    lp.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run whose state is in OUT.resume; the flags that "
+        "change what it computes must be those it was started with",
+    )
 
     tp = subcommand("train", "train fresh students with a saved commentary")
     tp.add_argument("--commentary", help="folder written by `learn`; required, here or in --config")
