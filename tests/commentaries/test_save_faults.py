@@ -78,10 +78,13 @@ def test_the_next_run_cleans_up(killed: dict[str, tuple[Path, torch.Tensor]]) ->
         + ["--overwrite", "--out", str(out)]
     )
     assert result.code == 0, result.err
-    assert sorted(p.name for p in out.parent.iterdir() if p.name != "reached") == [out.name]
+    kept = ("reached", f"{out.name}.log")  # the flag file and the run's metrics log
+    assert sorted(p.name for p in out.parent.iterdir() if p.name not in kept) == [out.name]
     assert sorted(p.name for p in out.iterdir()) == [
         "commentary.json",
         "commentary.pt",
+        "config.toml",
+        "learn-metrics.csv",
         "learn-metrics.json",
     ]
 
