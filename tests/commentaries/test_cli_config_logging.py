@@ -39,6 +39,18 @@ def _train(
     return _main(capsys, *TRAIN, "--commentary", str(commentary), "--out", str(metrics), *args)
 
 
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    """The console script, running in the background (to be killed by the test)."""
+    return subprocess.Popen(
+        [*script(), "--quiet", *args],
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as file:
         return list(csv.DictReader(file))
@@ -176,14 +188,7 @@ def test_the_csv_is_written_while_learn_runs(tmp_path: Path) -> None:
     # About 0.2 s per meta-step: an unflushed file would show nothing for the first
     # hundred rows or so (one 8 KiB buffer), then all of them at once.
     slow = ["--method", "unroll", "--inner-steps", "100", "--steps", "100000"]
-    proc = subprocess.Popen(
-        [*script(), "--quiet", *LEARN[:-2], *slow, "--out", str(out)],
-        env=env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start([*LEARN[:-2], *slow, "--out", str(out)])
     try:
         deadline = time.monotonic() + 120
         seen: list[int] = []  # the number of rows at every look
@@ -379,15 +384,7 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """A learn run killed with SIGKILL after it saved a state, and that state's step."""
     out = tmp_path_factory.mktemp("resume") / "run"
     state = out.with_name("run.resume")
-    proc = subprocess.Popen(
-        [*script(), "--quiet", *LEARN[:-1], "100000", "--checkpoint-every", "3"]
-        + ["--out", str(out)],
-        env=env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start([*LEARN[:-1], "100000", "--checkpoint-every", "3", "--out", str(out)])
     try:
         deadline = time.monotonic() + 120
         while not (state / "state.json").exists() and time.monotonic() < deadline:

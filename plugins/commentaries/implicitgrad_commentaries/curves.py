@@ -26,8 +26,8 @@ def plot_learning_curves(
 
     **Arguments:**
 
-    - `results`: condition → one result per seed, as
-      [`compare`][implicitgrad_commentaries.train.compare] returns them.
+    - `results`: condition → one result per seed, as `implicitgrad_commentaries.train.compare`
+      returns them.
     - `path`: the PNG file to write, replaced as a whole (its folder is created).
     - `title`: the figure's title; name the commentary, the student and the dataset.
 
@@ -44,7 +44,8 @@ def plot_learning_curves(
 
     seed0 = TrainResult({1.0: 0.9}, 0.9, curve={5: 0.6, 10: 0.9})
     seed1 = TrainResult({1.0: 0.8}, 0.8, curve={5: 0.5, 10: 0.8})
-    png = plot_learning_curves({"baseline": [seed0, seed1]}, tempfile.mkdtemp() + "/c.png", title="toy")
+    path = tempfile.mkdtemp() + "/curves.png"
+    png = plot_learning_curves({"baseline": [seed0, seed1]}, path, title="toy")
     assert png.stat().st_size > 0
     ```
     """

@@ -11,6 +11,15 @@ Every command checks all its arguments and paths before it starts any work. Bad 
 bad input files give one line `commentaries COMMAND: error: ...` and exit status 2; a
 failure during the work (a learning run that diverged, say) gives one such line and exit
 status 1. `--debug` shows the traceback as well.
+
+`learn` and `train` also read their settings from a TOML file (`--config FILE`; flags on
+the command line win, `config.py`) and save the resolved settings beside their outputs;
+they log their metrics to a CSV file flushed row by row, and to TensorBoard with
+`--log-dir` (`logs.py`); on a terminal they show a progress bar, elsewhere periodic plain
+lines (`--progress-every`, `progress.py`). `learn` saves its state every
+`--checkpoint-every` meta-steps to `OUT.resume` and continues from it with `--resume`
+(`resume.py`); `train --seeds` takes a count, a list or a range, and `train` draws the
+learning curves of every condition.
 """
 
 from __future__ import annotations

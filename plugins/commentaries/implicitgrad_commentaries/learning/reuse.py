@@ -83,7 +83,7 @@ class TrainResult:
     - `accuracy`: fraction of training → test accuracy at that point.
     - `final`: test accuracy at the end of training.
     - `curve`: training step → test accuracy, at every step the student was tested
-      ([`TrainConfig.eval_steps`][implicitgrad_commentaries.train.TrainConfig.eval_steps]).
+      (`TrainConfig.eval_steps()`: those of `eval_fractions` and `curve_points`).
     """
 
     accuracy: dict[float, float]
