@@ -36,6 +36,7 @@ from ._preconditioners import AbstractPreconditioner as AbstractPreconditioner
 from ._preconditioners import BuiltPreconditioner as BuiltPreconditioner
 from ._preconditioners import DiagonalPreconditioner as DiagonalPreconditioner
 from ._preconditioners import NystromPreconditioner as NystromPreconditioner
+from ._preconditioners import RecycledPreconditioner as RecycledPreconditioner
 from ._solvers import CG as CG
 from ._solvers import GMRES as GMRES
 from ._solvers import AbstractSolver as AbstractSolver
@@ -86,6 +87,7 @@ __all__ = [
     "BuiltPreconditioner",
     "NystromPreconditioner",
     "DiagonalPreconditioner",
+    "RecycledPreconditioner",
     # unrolled differentiation
     "unroll",
     "UnrollInfo",

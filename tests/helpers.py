@@ -97,7 +97,22 @@ PRECONDITIONERS: list[PreconditionerCase] = [
         "NystromPreconditioner", lambda n: ig.NystromPreconditioner(rank=1 + n // 2)
     ),
     PreconditionerCase("DiagonalPreconditioner", lambda n: ig.DiagonalPreconditioner(probes=4)),
+    # Seeded with products of an unrelated matrix: a stale but SPD preconditioner.
+    PreconditionerCase("RecycledPreconditioner", lambda n: seeded_recycled(n)),
 ]
+
+
+def seeded_recycled(n: int, seed: int = 0) -> ig.RecycledPreconditioner:
+    """A RecycledPreconditioner holding products of a random SPD matrix other than the
+    system's (as after the solves of earlier outer steps)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64)).Q
+    other = q @ torch.diag(torch.logspace(0, 3, n, dtype=torch.float64)) @ q.T
+    pc = ig.RecycledPreconditioner(memory=max(2, 1 + n // 2))
+    for _ in range(pc.memory):
+        v = torch.randn(n, generator=gen, dtype=torch.float64)
+        pc.record(v, other @ v)
+    return pc
 
 
 def preconditioned_cg(case: PreconditionerCase, n: int, **kwargs) -> ig.CG:

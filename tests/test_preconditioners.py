@@ -12,6 +12,7 @@ from helpers import (
     problems,
     rel_err,
     same_structure,
+    seeded_recycled,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,7 +63,9 @@ def test_preconditioned_cg_matches_closed_form(case, prob):
     assert rel_err(hg, prob.exact_hypergrad()) < 1e-8
     assert info.converged is True
     assert info.residual is not None and info.residual < 1e-8
-    assert 0 < info.preconditioner_products <= info.iterations
+    assert 0 <= info.preconditioner_products <= info.iterations
+    # Only the recycled preconditioner is built without products of its own.
+    assert (info.preconditioner_products == 0) == (case.name == "RecycledPreconditioner")
 
 
 @CASES
@@ -165,12 +168,11 @@ def test_reuse_on_a_schedule_and_when_iterations_grow():
     assert solver.solve(_operator(other), b).preconditioner_products == 10
 
 
-def test_reuse_across_outer_steps_with_warm_start():
-    prob = random_quadratic(12, 3, condition=1e3, seed=5)
-    pc = ig.NystromPreconditioner(rank=6, refresh_every=10)
-    solver = ig.CG(tol=1e-12, max_iter=100, preconditioner=pc)
-    info = None
-    for _ in range(3):
+def _outer_steps(prob, solver: ig.CG, steps: int, warm: bool) -> list:
+    """The HypergradInfo of `steps` hypergradients of the same problem with one solver,
+    each checked against the closed form."""
+    infos: list = []
+    for _ in range(steps):
         hg, info = ig.hypergrad(
             prob.inner_loss,
             prob.outer_loss,
@@ -178,10 +180,19 @@ def test_reuse_across_outer_steps_with_warm_start():
             prob.outer_params,
             solver,
             return_info=True,
-            warm_start=info,
+            warm_start=infos[-1] if warm and infos else None,
         )
         assert rel_err(hg, prob.exact_hypergrad()) < 1e-8
-    assert pc.builds == 1 and info.preconditioner_products == 0
+        infos.append(info)
+    return infos
+
+
+def test_reuse_across_outer_steps_with_warm_start():
+    prob = random_quadratic(12, 3, condition=1e3, seed=5)
+    pc = ig.NystromPreconditioner(rank=6, refresh_every=10)
+    solver = ig.CG(tol=1e-12, max_iter=100, preconditioner=pc)
+    infos = _outer_steps(prob, solver, 3, warm=True)
+    assert pc.builds == 1 and infos[-1].preconditioner_products == 0
 
 
 def test_a_different_size_rebuilds():
@@ -203,6 +214,9 @@ def test_a_different_size_rebuilds():
         (lambda: ig.DiagonalPreconditioner(refresh_every=0), "refresh_every"),
         (lambda: ig.NystromPreconditioner(refresh_growth=0.5), "refresh_growth"),
         (lambda: ig.CG(preconditioner="nystrom"), "AbstractPreconditioner"),
+        (lambda: ig.RecycledPreconditioner(memory=1), "memory"),
+        (lambda: ig.RecycledPreconditioner(memory=2.5), "memory"),
+        (lambda: ig.RecycledPreconditioner(refresh_every=0), "refresh_every"),
     ],
 )
 def test_invalid_settings_are_refused(make, match):
@@ -222,3 +236,111 @@ def test_indefinite_operator_is_reported():
     solver = ig.CG(preconditioner=ig.NystromPreconditioner(rank=3))
     with pytest.raises(ig.SolverError):
         solver.solve(_operator(A), torch.ones(3, dtype=F64))
+
+
+# ---------------------------------------------------------------------------------------------
+# RecycledPreconditioner: built from the products of earlier solves.
+
+
+def _outliers(n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64)).Q
+    eig = torch.cat([torch.logspace(2, 5, 8, dtype=F64), torch.linspace(1, 2, n - 8, dtype=F64)])
+    return q @ torch.diag(eig) @ q.T
+
+
+def test_recycled_preconditioner_cuts_iterations_of_the_next_solve():
+    A = _outliers(60, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    b1, b2 = torch.randn(60, dtype=F64, generator=gen), torch.randn(60, dtype=F64, generator=gen)
+    calls: list = []
+    pc = ig.RecycledPreconditioner(memory=40)
+    solver = ig.CG(max_iter=500, tol=1e-10, preconditioner=pc)
+    first = solver.solve(_operator(A, calls), b1)
+    plain = [ig.CG(max_iter=500, tol=1e-10).solve(_operator(A), b).iterations for b in (b1, b2)]
+    second = solver.solve(_operator(A, calls), b2)
+    assert abs(first.iterations - plain[0]) <= 1  # nothing recorded yet: plain CG
+    assert (
+        second.preconditioner_products == 0 and second.iterations == len(calls) - first.iterations
+    )
+    assert second.iterations < plain[1] / 2
+    assert torch.allclose(second.value, torch.linalg.solve(A, b2), rtol=1e-8)
+    assert pc.builds == 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(2, 40),
+    condition=st.sampled_from([10.0, 1e3, 1e5]),
+    drift=st.sampled_from([0.0, 1e-2, 1.0]),
+    memory=st.integers(2, 30),
+    seed=st.integers(0, 1000),
+)
+def test_recycled_products_of_a_drifting_operator_keep_cg_exact(n, condition, drift, memory, seed):
+    """Pairs recorded on A, reused on A + drift·E (SPD): the answer and the reported residual
+    are those of the new system."""
+    A = _spd(n, condition, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    e = torch.randn(n, n, dtype=F64, generator=gen)
+    B = A + drift * (e @ e.T) / n
+    b = torch.randn(n, dtype=F64, generator=gen)
+    pc = ig.RecycledPreconditioner(memory=memory)
+    solver = ig.CG(max_iter=10 * n, tol=1e-9, preconditioner=pc)
+    first = solver.solve(_operator(A), b)
+    sol = solver.solve(_operator(B), b)
+    true = float(torch.linalg.vector_norm(B @ sol.value - b) / torch.linalg.vector_norm(b))
+    assert sol.converged and true <= 1e-9 * 1.01
+    assert sol.residual == pytest.approx(true, rel=1e-3, abs=10 * torch.finfo(F64).eps * condition)
+    assert pc.recorded == min(memory, first.iterations + sol.iterations)
+
+
+def test_recycled_hypergradients_of_an_outer_loop_match_closed_forms():
+    pc = ig.RecycledPreconditioner(memory=12)
+    solver = ig.CG(tol=1e-12, max_iter=200, preconditioner=pc)
+    prob = random_quadratic(12, 3, condition=1e3, seed=5)
+    infos = _outer_steps(prob, solver, 3, warm=False)  # the same system at every step
+    assert all(info.preconditioner_products == 0 for info in infos)
+    assert infos[1].iterations < infos[0].iterations
+
+
+def test_recycled_preconditioner_matches_finite_differences_after_another_problem():
+    other = ridge_problem(40, 5, seed=4)
+    prob = ridge_problem(40, 5, seed=3)
+    pc = ig.RecycledPreconditioner(memory=4)
+    solver = ig.CG(max_iter=100, tol=1e-13, preconditioner=pc)
+    for p in (other, prob):
+        hg = ig.hypergrad(p.inner_loss, p.outer_loss, p.inner_params, p.outer_params, solver)
+    fd = finite_difference_hypergrad(prob.inner_solution, prob.outer_loss, prob.outer_params)
+    assert rel_err(hg, fd) < 1e-7
+
+
+def test_nystrom_from_pairs_is_exact_on_a_full_set_and_drops_dependent_directions():
+    from implicitgrad._preconditioners.recycled import nystrom_from_pairs
+
+    A = _spd(8, 1e3, seed=6)
+    s = torch.randn(8, 8, dtype=F64, generator=torch.Generator().manual_seed(7))
+
+    def factor(s):  # rows: vectors; their products are the rows of s @ A
+        y = s @ A
+        coef, lam = nystrom_from_pairs(s @ s.T, s @ y.T, y @ y.T)
+        return y.T @ coef, lam
+
+    u, lam = factor(s)
+    assert torch.allclose(u @ torch.diag(lam) @ u.T, A, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(u.T @ u, torch.eye(8, dtype=F64), atol=1e-6)
+    # A repeated direction (and a zero one) adds nothing and does not break the factorization.
+    s2 = torch.cat([s[:3], 2 * s[:1], torch.zeros(1, 8, dtype=F64)])
+    u2, lam2 = factor(s2)
+    assert lam2.numel() == 3 and bool((lam2 > 0).all())
+
+
+def test_recycled_preconditioner_forgets_products_of_another_size():
+    pc = seeded_recycled(5)
+    assert pc.recorded == pc.memory
+    solver = ig.CG(tol=1e-10, preconditioner=pc)
+    A = _spd(7, 10.0, seed=8)
+    sol = solver.solve(_operator(A), torch.ones(7, dtype=F64))
+    assert torch.allclose(sol.value, torch.linalg.solve(A, torch.ones(7, dtype=F64)), rtol=1e-8)
+    assert pc._store.rows.shape == (2 * pc.memory, 7) and pc.recorded == min(
+        sol.iterations, pc.memory
+    )

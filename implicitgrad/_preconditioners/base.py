@@ -97,6 +97,12 @@ class AbstractPreconditioner(abc.ABC):
     [`HypergradInfo.iterations`][implicitgrad.HypergradInfo] and, separately, in
     `HypergradInfo.preconditioner_products`.
 
+    **Recording products.** A preconditioner that sets the class attribute
+    `records_products = True` is handed every product $Av$ CG computes, through
+    `record(v, av)`, to build its next preconditioner from (as
+    [`RecycledPreconditioner`][implicitgrad.RecycledPreconditioner] does, with no products
+    of its own).
+
     !!! warning
         The reused build is held by the preconditioner object, so one object should serve
         one sequence of related systems. Two unrelated problems of the same size sharing a
@@ -106,6 +112,14 @@ class AbstractPreconditioner(abc.ABC):
     refresh_every: int
     refresh_growth: float | None
     _cache: Cache
+
+    #: Whether CG hands this preconditioner every product it makes (`record`), as
+    #: [`RecycledPreconditioner`][implicitgrad.RecycledPreconditioner] needs.
+    records_products: bool = False
+
+    def record(self, v: torch.Tensor, av: torch.Tensor) -> None:
+        """Called by CG with each product $Av$ it computes when `records_products` is set
+        (the tensors may be reused by CG afterwards: copy what you keep)."""
 
     @abc.abstractmethod
     def build(self, operator: LinearOperator) -> BuiltPreconditioner:

@@ -27,6 +27,17 @@ __all__ = ["CG"]
 _DRIFT_FACTOR = 1e3
 
 
+def _recording(matvec, preconditioner: AbstractPreconditioner):
+    """`matvec` that also hands each product to the preconditioner (for the next solve)."""
+
+    def recorded(v: torch.Tensor) -> torch.Tensor:
+        av = matvec(v)
+        preconditioner.record(v, av)
+        return av
+
+    return recorded
+
+
 @dataclass(frozen=True)
 class CG(AbstractSolver):
     """Conjugate gradient: the default solver of the root form.
@@ -60,7 +71,9 @@ class CG(AbstractSolver):
       `Solution.iterations` (and reported apart in `Solution.preconditioner_products`);
       `max_iter` bounds the iterations only. A preconditioner with `refresh_every > 1` is
       built once and reused by the next solves (pass the same solver object every outer
-      step, with `warm_start=info`). Not available for batches of systems.
+      step, with `warm_start=info`);
+      [`RecycledPreconditioner`][implicitgrad.RecycledPreconditioner] is built from the
+      products of the earlier solves. Not available for batches of systems.
 
     **Departures from the textbook algorithm.** CG's recursively updated residual drifts
     from the true residual once it nears the rounding floor
@@ -163,6 +176,8 @@ class CG(AbstractSolver):
         built, built_products = None, 0
         if self.preconditioner is not None:
             built, built_products = self.preconditioner.prepare(self._damped(operator))
+            if self.preconditioner.records_products:
+                matvec = _recording(matvec, self.preconditioner)
         x = torch.zeros_like(b) if x0 is None else x0.detach().clone()
         iterations = 0
         r = b.clone() if x0 is None else b - matvec(x)
