@@ -9,6 +9,7 @@ from .canvas import load_mask_dataset as load_mask_dataset
 from .canvas import load_spurious as load_spurious
 from .digits import load_binary_digits as load_binary_digits
 from .digits import load_digits_dataset as load_digits_dataset
+from .digits import load_noisy_digits as load_noisy_digits
 from .episodes import ClassSplit as ClassSplit
 from .episodes import EpisodicDataset as EpisodicDataset
 from .episodes import Task as Task
@@ -34,6 +35,7 @@ __all__ = [
     "load_dataset",
     "load_digits_dataset",
     "load_binary_digits",
+    "load_noisy_digits",
     "read_cifar",
     "read_mnist",
     "PlacedSplit",

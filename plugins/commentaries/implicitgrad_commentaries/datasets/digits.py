@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import torch
+
+from implicitgrad import InputError
 
 from ..commentaries.base import DataSpec
 from .splits import Dataset, stratified_split
 
-__all__ = ["load_digits_dataset", "load_binary_digits"]
+__all__ = ["load_digits_dataset", "load_binary_digits", "load_noisy_digits"]
 
 
 def load_digits_dataset(seed: int = 0) -> Dataset:
@@ -72,3 +77,54 @@ def load_binary_digits(overlap: bool, seed: int = 0) -> Dataset:
     train, val, test = stratified_split(x, y, (0.15, 0.25), seed)
     name = "digits-binary-overlap" if overlap else "digits-binary"
     return Dataset(DataSpec(name, (1, 8, 8), ("a", "b")), train, val, test)
+
+
+def load_noisy_digits(noise: float = 0.2, seed: int = 0) -> Dataset:
+    """Digits with label noise in the training split: a test of whether an example-weighting
+    commentary learns to down-weight mislabeled examples.
+
+    The splits are those of
+    [`load_digits_dataset`][implicitgrad_commentaries.data.load_digits_dataset] with the
+    same `seed`. Exactly `round(noise * n_train)` training examples, chosen at random
+    with `seed`, get a label drawn uniformly from the *other* nine classes. The validation and
+    test splits are left clean, so the outer loss rewards a student that fits the true
+    labels. The training split records the flips in `noisy` and the original labels in
+    `clean_y`.
+
+    **Arguments:**
+
+    - `noise`: the fraction of training labels to replace, in $[0, 1]$ (default `0.2`).
+    - `seed`: the split and noise seed (default `0`; the documented results use it).
+
+    **Returns:**
+
+    A [`Dataset`][implicitgrad_commentaries.data.Dataset] named `"digits-noisy"`.
+
+    **Example:**
+
+    ```python
+    from implicitgrad_commentaries.datasets import load_noisy_digits
+    data = load_noisy_digits(noise=0.2)
+    flipped = data.train.noisy
+    print(int(flipped.sum()), len(data.train))  # 215 1077
+    assert bool((data.train.y[flipped] != data.train.clean_y[flipped]).all())
+    ```
+    """
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
+        raise InputError(
+            f"`load_noisy_digits(noise=...)` must be a fraction in [0, 1], got {noise!r}."
+        )
+    clean = load_digits_dataset(seed)
+    y = clean.train.y
+    n, classes = len(y), clean.spec.num_classes
+    rng = np.random.default_rng(seed)
+    flip = rng.permutation(n)[: round(noise * n)]
+    noisy = torch.zeros(n, dtype=torch.bool)
+    noisy[flip] = True
+    # An offset in 1..C-1 gives each other class the same probability.
+    offset = torch.as_tensor(rng.integers(1, classes, flip.size), dtype=torch.int64)
+    given = y.clone()
+    given[flip] = (y[flip] + offset) % classes
+    train = replace(clean.train, y=given, noisy=noisy, clean_y=y.clone())
+    spec = DataSpec("digits-noisy", clean.spec.input_shape, clean.spec.classes)
+    return Dataset(spec, train, clean.val, clean.test)

@@ -14,7 +14,7 @@ from implicitgrad import InputError
 
 from ..commentaries.base import DataSpec
 from .canvas import load_mask_dataset
-from .digits import load_binary_digits, load_digits_dataset
+from .digits import load_binary_digits, load_digits_dataset, load_noisy_digits
 from .readers import read_cifar, read_mnist
 from .splits import Dataset, Split
 
@@ -24,6 +24,7 @@ DATASETS = (
     "digits",
     "digits-binary",
     "digits-binary-overlap",
+    "digits-noisy",
     "cluttered",
     "spurious",
     "mnist",
@@ -54,7 +55,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] = "data", seed: int
     **Arguments:**
 
     - `name`: one of `DATASETS`: `"digits"`, `"digits-binary"`, `"digits-binary-overlap"`
-      (bundled with scikit-learn), `"cluttered"`, `"spurious"` (canvas tasks built from
+      (bundled with scikit-learn), `"digits-noisy"` (20% of the training labels replaced,
+      [`load_noisy_digits`][implicitgrad_commentaries.datasets.load_noisy_digits]),
+      `"cluttered"`, `"spurious"` (canvas tasks built from
       digits, in `implicitgrad_commentaries.mask_data`), or `"mnist"`, `"cifar10"`,
       `"cifar100"` (read from
       `data_dir`).
@@ -69,6 +72,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] = "data", seed: int
         return load_digits_dataset(seed)
     if name in ("digits-binary", "digits-binary-overlap"):
         return load_binary_digits(name.endswith("overlap"), seed)
+    if name == "digits-noisy":
+        return load_noisy_digits(0.2, seed)
     if name in ("cluttered", "spurious"):
         return load_mask_dataset(name, seed)
     if name == "mnist":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -14,10 +14,19 @@ __all__ = ["Split", "Dataset", "stratified_split"]
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs `x` (float32, `(n, *input_shape)`, in $[0, 1]$) and labels `y` (int64, `(n,)`)."""
+    """Inputs `x` (float32, `(n, *input_shape)`, in $[0, 1]$) and labels `y` (int64, `(n,)`).
+
+    A split with injected label noise also records which labels were replaced, as two
+    keyword-only fields (both `None` for a clean split):
+
+    - `noisy`: bool `(n,)`, `True` where `y` is not the example's original label;
+    - `clean_y`: int64 `(n,)`, the original labels (equal to `y` where `noisy` is `False`).
+    """
 
     x: torch.Tensor
     y: torch.Tensor
+    noisy: torch.Tensor | None = field(default=None, kw_only=True)
+    clean_y: torch.Tensor | None = field(default=None, kw_only=True)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
