@@ -16,7 +16,14 @@ from implicitgrad import InputError
 
 from .base import AbstractCommentary, DataSpec, Student
 
-__all__ = ["MaskCommentary", "MASK_TEACHERS", "MASK_MODES", "centre_distance", "plot_masks"]
+__all__ = [
+    "MaskCommentary",
+    "MASK_TEACHERS",
+    "MASK_MODES",
+    "centre_distance",
+    "plot_masks",
+    "plot_masked_inputs",
+]
 
 MASK_TEACHERS = ("unet", "conv")
 """Teacher parametrizations of [`MaskCommentary`][implicitgrad_commentaries.MaskCommentary]."""
@@ -298,9 +305,30 @@ class MaskCommentary(AbstractCommentary):
         return "a Gaussian attention mask per image from a teacher network (U-Net or conv)"
 
     def plot(self, data: Any, folder: Path) -> list[Path]:
-        """`masks.png`: test images with their masks and, where known, the true centres."""
+        """`masks.png`: test images with their masks and, where known, the true centres;
+        `masked-inputs.png`: 16 test canvases beside what the student sees through the mask.
+
+        When the test split records the target centres (a
+        [`PlacedSplit`][implicitgrad_commentaries.mask_data.PlacedSplit]) it also prints
+        the mean distance of the mask centre to the target over the test split, and that of
+        the centred control.
+        """
         split = data.test
-        return [plot_masks(self, split.x, folder, getattr(split, "centre", None))]
+        centre = getattr(split, "centre", None)
+        paths = [
+            plot_masks(self, split.x, folder, centre),
+            plot_masked_inputs(self, split.x, folder, centre),
+        ]
+        if centre is not None:
+            x = split.x.to(self._dtype())
+            learned = float(centre_distance(self, x, centre).mean())
+            centred = float(centre_distance(self.controls()["centred mask"], x, centre).mean())
+            print(
+                f"masks on {self.spec.name}: the mask centre is {learned:.2f} px from the "
+                f"target on average over {len(split)} test canvases (centred mask: "
+                f"{centred:.2f} px)"
+            )
+        return paths
 
     def extra_repr(self) -> str:
         cfg: dict[str, Any] = self.config
@@ -393,10 +421,96 @@ def plot_masks(
         f"{commentary.spec.name}: masks ({commentary.teacher_kind}, {commentary.mode}), "
         f"background {float(background):.2f}; red x: mask centre, green +: target"
     )
+    return _save(fig, out, "masks.png")
+
+
+def plot_masked_inputs(
+    commentary: MaskCommentary,
+    x: torch.Tensor,
+    out: str | os.PathLike[str],
+    centre: torch.Tensor | None = None,
+    rows: int = 4,
+    cols: int = 4,
+) -> Path:
+    """Write `masked-inputs.png`: a grid of canvases, each beside what the student sees.
+
+    Each of the first `rows * cols` images is drawn twice: the canvas with the mask's
+    $1\\sigma$ and $2\\sigma$ circles around its centre (red cross) and, when `centre` is
+    given, the true target centre (green plus) and their distance; and the masked image
+    $x \\odot m_\\phi(x)$ that the student is trained and tested on. With `centre`, the
+    title gives the mean distance over all of `x`.
+
+    **Arguments:**
+
+    - `commentary`: a [`MaskCommentary`][implicitgrad_commentaries.MaskCommentary].
+    - `x`: images `(n, 1, H, W)`.
+    - `out`: the folder (created if needed).
+    - `centre`: the true target centres `(n, 2)` as (row, column), optional.
+    - `rows`, `cols`: the grid of canvases (default 4 × 4).
+
+    **Returns:**
+
+    The path of the PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
+
+    k = min(rows * cols, x.shape[0])
+    images = x.to(commentary._dtype())
+    commentary.eval()
+    with torch.no_grad():
+        shown = images[:k]
+        masked = commentary.student_inputs(
+            commentary.phi(), shown, torch.Generator().manual_seed(0)
+        )[:, 0].float()
+        mu, sigma, background = commentary.parameters_of_mask(
+            shown, torch.Generator().manual_seed(0)
+        )
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.5 * 2 * cols, 1.65 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i in range(k):
+        left, right = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
+        left.imshow(shown[i, 0].float().numpy(), cmap="gray", vmin=0, vmax=1)
+        ring = (float(mu[i, 1]), float(mu[i, 0]))
+        for radius, style in ((1.0, "-"), (2.0, "--")):
+            left.add_patch(
+                Circle(ring, radius * float(sigma[i]), fill=False, color="red", ls=style, lw=0.8)
+            )
+        left.plot(*ring, "rx", markersize=5)
+        if centre is not None:
+            left.plot(float(centre[i, 1]), float(centre[i, 0]), "g+", markersize=8)
+            gap = float((mu[i] - centre[i].to(mu.dtype)).norm())
+            left.set_title(f"{gap:.1f} px", fontsize=7)
+        left.set_xlim(-0.5, shown.shape[-1] - 0.5)
+        left.set_ylim(shown.shape[-2] - 0.5, -0.5)
+        right.imshow(masked[i].numpy(), cmap="gray", vmin=0, vmax=1)
+        right.set_title("student sees", fontsize=7)
+    title = (
+        f"{commentary.spec.name}: masks ({commentary.teacher_kind}, {commentary.mode}), "
+        f"background {float(background):.2f}. Left: canvas, mask centre (red x) with its 1σ and "
+        "2σ circles"
+    )
+    if centre is not None:
+        mean = float(centre_distance(commentary, images, centre).mean())
+        title += (
+            f", target centre (green +), distance in px.\nMean distance over all "
+            f"{images.shape[0]} canvases {mean:.2f} px"
+        )
+    fig.suptitle(title + ". Right: x ⊙ m.", fontsize=8)
+    return _save(fig, out, "masked-inputs.png")
+
+
+def _save(fig: Any, out: str | os.PathLike[str], name: str) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "masks.png"
+    path = folder / name
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

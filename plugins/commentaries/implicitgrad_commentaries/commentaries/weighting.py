@@ -168,10 +168,23 @@ class WeightingCommentary(AbstractCommentary):
         return "per-example weights w(x, y, t) in (0, 1) from a teacher network"
 
     def plot(self, data: Any, folder: Path) -> list[Path]:
-        """`weights.png`: the mean weight over training by class and by example difficulty."""
-        from ..plots import plot_weights
+        """`weights.png`: the mean weight over training by class, by example difficulty and,
+        with injected label noise, for mislabeled and correct examples;
+        `weights-examples.png`: the 16 lowest- and highest-weighted training examples.
 
-        return [plot_weights(self, data, folder)]
+        When the training labels carry injected noise (`data.train.noisy`, e.g. the
+        `digits-noisy` dataset) it also prints one line: how many of the 16 lowest-weighted
+        examples are mislabeled against the number expected by chance, and the AUC of "low
+        weight ⇒ mislabeled" over the training split
+        ([`noise_detection`][implicitgrad_commentaries.plots.noise_detection]).
+        """
+        from ..plots import mean_weights, noise_detection, plot_weight_extremes, plot_weights
+
+        paths = [plot_weights(self, data, folder), plot_weight_extremes(self, data, folder, k=16)]
+        if data.train.noisy is not None:
+            found = noise_detection(mean_weights(self, data), data.train.noisy, k=16)
+            print(f"label noise in {self.spec.name}: {found.describe()}")
+        return paths
 
     def extra_repr(self) -> str:
         cfg: dict[str, Any] = self.config
