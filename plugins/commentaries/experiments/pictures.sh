@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The label-noise figures and numbers of docs/commentaries.md and the mask figures of
-# docs/masks.md (about 15 minutes of wall clock on two busy CPU cores, 6 minutes of CPU).
+# docs/masks.md (about 18 minutes of wall clock and 12 of CPU time on two busy CPU cores).
 # Usage: bash plugins/commentaries/experiments/pictures.sh [OUT_DIR] [ASSETS_DIR]
 #        (defaults: runs/ and docs/assets/commentaries/; run from the repository root)
 set -euo pipefail
