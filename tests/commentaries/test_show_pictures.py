@@ -129,17 +129,20 @@ def test_weight_extremes_count_planted_mislabels(noisy, tmp_path: Path, capsys) 
     assert d.auc == pytest.approx(10 / 110, abs=1e-9)
 
 
-def test_show_on_a_clean_dataset_prints_no_noise_line(tmp_path: Path, capsys) -> None:
-    clean = load_digits_dataset()
-    paths = plot_commentary(_teacher(clean.spec), clean, tmp_path)
+@pytest.mark.parametrize("noise", [None, 0.0])
+def test_show_without_flipped_labels_prints_no_noise_line(
+    noise: float | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = load_digits_dataset() if noise is None else load_noisy_digits(noise=noise)
+    paths = plot_commentary(_teacher(data.spec), data, tmp_path)
     assert {p.name for p in paths} == {"weights.png", "weights-examples.png"}
     assert "mislabeled" not in capsys.readouterr().out
 
 
 def test_noise_detection_refuses_unusable_flags() -> None:
-    with pytest.raises(ValueError, match="noise_detection"):
+    with pytest.raises(InputError, match="noise_detection"):
         noise_detection(torch.rand(5), torch.zeros(5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="noise_detection"):
+    with pytest.raises(InputError, match="noise_detection"):
         noise_detection(torch.rand(5), torch.tensor([True, False, False, False, True]), k=6)
 
 

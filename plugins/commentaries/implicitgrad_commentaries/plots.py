@@ -13,6 +13,8 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from implicitgrad import InputError  # noqa: E402
+
 from .commentaries.base import AbstractCommentary  # noqa: E402
 from .datasets.splits import Dataset  # noqa: E402
 
@@ -24,6 +26,7 @@ __all__ = [
     "difficulty",
     "weights_over_training",
     "mean_weights",
+    "has_label_noise",
     "NoiseDetection",
     "noise_detection",
 ]
@@ -71,7 +74,7 @@ def plot_weights(commentary: AbstractCommentary, data: Dataset, out: Path) -> Pa
         "middle third": (hard > edges[0]) & (hard <= edges[1]),
         "hardest third": hard > edges[1],
     }
-    noisy = data.train.noisy
+    noisy = data.train.noisy if has_label_noise(data) else None
     panels = 2 if noisy is None else 3
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
     for c, name in enumerate(commentary.spec.classes):
@@ -172,10 +175,11 @@ def noise_detection(weights: torch.Tensor, noisy: torch.Tensor, k: int = 16) -> 
     flipped = noisy.detach().bool().cpu()
     n, m = w.numel(), int(flipped.sum())
     if flipped.shape != w.shape or not 1 <= k <= n or m == 0 or m == n:
-        raise ValueError(
+        raise InputError(
             f"`noise_detection`: needs one flag per weight, some mislabeled and some correct "
             f"examples and 1 <= k <= {n}; got {tuple(w.shape)} weights, "
-            f"{tuple(flipped.shape)} flags ({m} mislabeled), k={k}."
+            f"{tuple(flipped.shape)} flags ({m} mislabeled), k={k}. Pass the `noisy` flags "
+            "of a split with label noise."
         )
     from sklearn.metrics import roc_auc_score
 
@@ -189,6 +193,14 @@ def noise_detection(weights: torch.Tensor, noisy: torch.Tensor, k: int = 16) -> 
         precision=float(flipped[order[:m]].double().mean()),
         auc=auc,
     )
+
+
+def has_label_noise(data: Dataset) -> bool:
+    """Whether `data`'s training split records injected label noise with both mislabeled and
+    correct examples (what [`noise_detection`][implicitgrad_commentaries.plots.noise_detection]
+    needs)."""
+    noisy = data.train.noisy
+    return noisy is not None and 0 < int(noisy.sum()) < noisy.numel()
 
 
 @torch.no_grad()
@@ -225,6 +237,7 @@ def plot_weight_extremes(
     w = mean_weights(commentary, data)
     order = torch.argsort(w, stable=True)
     train = data.train
+    flags = train.noisy if has_label_noise(data) else None
     k = min(k, len(train) // 2)
     cols = min(8, k)
     rows = -(-k // cols)
@@ -236,15 +249,19 @@ def plot_weight_extremes(
     ):
         axes = half.subplots(rows, cols, squeeze=False)
         caption = f"the {k} {what} weights"
-        if train.noisy is not None:
-            caption += f": {int(train.noisy[picked].sum())} mislabeled"
+        if flags is not None:
+            caption += f": {int(flags[picked].sum())} mislabeled"
         half.suptitle(caption, fontsize=9)
         for ax in axes.flat:
             ax.set_axis_off()
         for ax, i in zip(axes.flat, picked.tolist(), strict=False):
-            ax.imshow(train.x[i].mean(0).numpy(), cmap="gray_r", vmin=0, vmax=1)
+            image = train.x[i]
+            if image.shape[0] == 3:
+                ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+            else:
+                ax.imshow(image.mean(0).numpy(), cmap="gray_r", vmin=0, vmax=1)
             label = commentary.spec.classes[int(train.y[i])]
-            flipped = train.noisy is not None and bool(train.noisy[i])
+            flipped = flags is not None and bool(flags[i])
             if flipped:
                 assert train.clean_y is not None
                 label += f" (true {commentary.spec.classes[int(train.clean_y[i])]})"
@@ -255,9 +272,9 @@ def plot_weight_extremes(
         f"{commentary.spec.name}: training examples by the teacher's mean weight over t ∈ [0, 1], "
         f"{_loss_name(commentary)}"
     )
-    if train.noisy is not None:
-        rate = float(train.noisy.double().mean())
-        found = noise_detection(w, train.noisy, k)
+    if flags is not None:
+        rate = float(flags.double().mean())
+        found = noise_detection(w, flags, k)
         title += (
             f"\n{rate:.0%} of labels flipped (red): {found.lowest_mislabeled} of the {k} lowest "
             f"mislabeled, {found.expected:.1f} by chance; AUC(low weight ⇒ mislabeled) "

@@ -178,10 +178,16 @@ class WeightingCommentary(AbstractCommentary):
         weight ⇒ mislabeled" over the training split
         ([`noise_detection`][implicitgrad_commentaries.plots.noise_detection]).
         """
-        from ..plots import mean_weights, noise_detection, plot_weight_extremes, plot_weights
+        from ..plots import (
+            has_label_noise,
+            mean_weights,
+            noise_detection,
+            plot_weight_extremes,
+            plot_weights,
+        )
 
         paths = [plot_weights(self, data, folder), plot_weight_extremes(self, data, folder, k=16)]
-        if data.train.noisy is not None:
+        if has_label_noise(data):
             found = noise_detection(mean_weights(self, data), data.train.noisy, k=16)
             print(f"label noise in {self.spec.name}: {found.describe()}")
         return paths
