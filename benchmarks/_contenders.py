@@ -154,8 +154,10 @@ def torchopt_fn(kind: str, iterations: int, alpha: float = 1.0) -> HypergradFn:
     return run
 
 
-#: Sketch sizes of the Nyström-preconditioned CG contenders.
-PRECONDITIONER_RANKS = (20,)
+#: Sketch sizes of the Nyström-preconditioned CG contenders; the larger ones only for
+#: problems below `SMALL` parameters (on the MLP a rank-100 build alone costs 100 products).
+PRECONDITIONER_RANKS = (20, 100, 200)
+SMALL = 2000
 
 
 def build(
@@ -167,7 +169,7 @@ def build(
         out.append(Contender("ig CG", k, implicitgrad_fn(ig.CG(max_iter=k, tol=0.0))))
         out.append(Contender("ig Neumann", k, implicitgrad_fn(ig.Neumann(terms=k, alpha=alpha))))
         out.append(Contender("ig Nystrom", k, implicitgrad_fn(ig.Nystrom(rank=k, rho=rho))))
-        for rank in PRECONDITIONER_RANKS:
+        for rank in PRECONDITIONER_RANKS if problem.n_inner < SMALL else PRECONDITIONER_RANKS[:1]:
             # A fresh preconditioner per call: its construction is counted in every call.
             pcg = ig.CG(max_iter=k, tol=0.0, preconditioner=ig.NystromPreconditioner(rank=rank))
             out.append(

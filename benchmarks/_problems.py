@@ -29,6 +29,10 @@ class Problem:
     - `solve_inner(φ, θ0, steps)`: re-solve the inner problem from `θ0` (for outer loops).
     - `curvature_floor`: the regularization strength, a lower scale of the Hessian's
       eigenvalues (used as Nyström's `rho`).
+    - `inner_loss_on(m)`: the inner loss on the first `m` training examples only (same
+      regularization), a cheaper operator to build a preconditioner on.
+    - `data`: the training inputs and labels (`x_train`, `y_train`), for structured
+      approximations of the Hessian in `preconditioner_probe.py`.
     """
 
     name: str
@@ -40,6 +44,8 @@ class Problem:
     reference_kind: str
     solve_inner: Callable[[torch.Tensor, Params, int], Params]
     curvature_floor: float
+    inner_loss_on: Callable[[int], Callable[[Params, torch.Tensor], torch.Tensor]] | None = None
+    data: dict[str, torch.Tensor] | None = None
 
     @property
     def n_inner(self) -> int:
@@ -132,11 +138,18 @@ def logistic(n_train: int = 1000, log_l2: float = -6.0) -> Problem:
     y_train, y_val = y[:n_train], y[n_train:]
     n_features, n_classes = x.shape[1], 10
 
-    def inner(theta: Params, phi: torch.Tensor) -> torch.Tensor:
-        w, b = theta
-        ce = torch.nn.functional.cross_entropy(x_train @ w + b, y_train)
-        # The bias gets a small fixed L2 weight so that the Hessian is nonsingular.
-        return ce + 0.5 * (phi.exp() @ (w**2).sum(1)) + 0.5e-4 * (b**2).sum()
+    def inner_on(m: int) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+        xs, ys = x_train[:m], y_train[:m]
+
+        def loss(theta: Params, phi: torch.Tensor) -> torch.Tensor:
+            w, b = theta
+            ce = torch.nn.functional.cross_entropy(xs @ w + b, ys)
+            # The bias gets a small fixed L2 weight so that the Hessian is nonsingular.
+            return ce + 0.5 * (phi.exp() @ (w**2).sum(1)) + 0.5e-4 * (b**2).sum()
+
+        return loss
+
+    inner = inner_on(n_train)
 
     def outer(theta: Params, phi: torch.Tensor) -> torch.Tensor:
         w, b = theta
@@ -158,6 +171,8 @@ def logistic(n_train: int = 1000, log_l2: float = -6.0) -> Problem:
         reference_kind="dense solve",
         solve_inner=solve_inner,
         curvature_floor=float(torch.exp(torch.tensor(log_l2))),
+        inner_loss_on=inner_on,
+        data={"x_train": x_train, "y_train": y_train},
     )
 
 
@@ -211,20 +226,26 @@ def reweighting(
     y_train[flip] = torch.randint(0, 10, (int(flip.sum()),), generator=gen)
     anchor: list[Params] = []
 
-    def training_loss(theta: Params, phi: torch.Tensor) -> torch.Tensor:
-        ce = torch.nn.functional.cross_entropy(
-            mlp_forward(theta, x_train), y_train, reduction="none"
+    def training_loss(theta: Params, phi: torch.Tensor, m: int = n_train) -> torch.Tensor:
+        xs, ys, ps = (
+            (x_train, y_train, phi) if m == n_train else (x_train[:m], y_train[:m], phi[:m])
         )
+        ce = torch.nn.functional.cross_entropy(mlp_forward(theta, xs), ys, reduction="none")
         l2 = sum((t**2).sum() for t in theta)
-        return (2 * torch.sigmoid(phi) * ce).mean() + 0.5 * weight_decay * l2
+        return (2 * torch.sigmoid(ps) * ce).mean() + 0.5 * weight_decay * l2
 
-    def inner(theta: Params, phi: torch.Tensor) -> torch.Tensor:
-        # A proximal term anchored at the current inner solution (as in iMAML) changes
-        # neither the solution nor the gradient there, and adds `proximal` to every Hessian
-        # eigenvalue: a network trained for finitely many steps keeps slightly negative
-        # curvature (about -2e-3 here), on which no CG-type method is defined.
-        prox = sum(((t - a) ** 2).sum() for t, a in zip(theta, anchor[-1]))
-        return training_loss(theta, phi) + 0.5 * proximal * prox
+    def inner_on(m: int) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+        def loss(theta: Params, phi: torch.Tensor) -> torch.Tensor:
+            # A proximal term anchored at the current inner solution (as in iMAML) changes
+            # neither the solution nor the gradient there, and adds `proximal` to every
+            # Hessian eigenvalue: a network trained for finitely many steps keeps slightly
+            # negative curvature (about -2e-3 here), on which no CG-type method is defined.
+            prox = sum(((t - a) ** 2).sum() for t, a in zip(theta, anchor[-1]))
+            return training_loss(theta, phi, m) + 0.5 * proximal * prox
+
+        return loss
+
+    inner = inner_on(n_train)
 
     def outer(theta: Params, phi: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(mlp_forward(theta, x_val), y_val)
@@ -255,6 +276,8 @@ def reweighting(
         reference_kind="CG, 1e-10 residual",
         solve_inner=solve_inner,
         curvature_floor=weight_decay + proximal,
+        inner_loss_on=inner_on,
+        data={"x_train": x_train, "y_train": y_train},
     )
 
 
