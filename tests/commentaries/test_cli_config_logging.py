@@ -445,3 +445,21 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(
         assert [int(r["step"]) for r in rows] == list(range(1, step + 4))  # none twice or missing
         assert [float(r["val_loss"]) for r in rows] == histories[1]["val_loss"]
     assert not out.with_name("run.resume").exists()  # removed once the commentary is saved
+
+
+def test_the_documented_config_file_is_accepted_by_learn_and_train(tmp_path: Path) -> None:
+    # The TOML examples on docs/cli.md must stay valid files for both commands.
+    import re
+
+    from implicitgrad_commentaries.cli.config import read_config
+    from implicitgrad_commentaries.cli.main import build_parser
+
+    page = (Path(__file__).parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", page, flags=re.S)
+    assert blocks, "docs/cli.md has no TOML example"
+    parsers = build_parser().subcommands  # type: ignore[attr-defined]
+    for i, text in enumerate(blocks):
+        path = tmp_path / f"documented-{i}.toml"
+        path.write_text(text, encoding="utf-8")
+        for command in ("learn", "train"):
+            assert read_config(str(path), command, parsers), (i, command)
