@@ -259,3 +259,14 @@ def test_unroll_rejects_an_optimizer_that_changes_the_tree():
 
     with pytest.raises(ig.InputError, match=r"unroll\(optimizer=...\).*different tree structure"):
         ig.unroll(loss, {"w": torch.ones(2)}, None, None, Flattening(), steps=2)
+
+
+def test_sgd_without_momentum_ignores_a_momentum_buffer_in_its_state():
+    # A state made by a momentum SGD, passed to one without momentum: the buffer is unused.
+    theta = {"w": torch.ones(3, dtype=torch.float64)}
+    grads = {"w": torch.full((3,), 2.0, dtype=torch.float64)}
+    with_buffer = ig.SGD(lr=0.1, momentum=0.9).init(theta)
+    plain = ig.SGD(lr=0.05, dampening=0.5)
+    new, state = plain.step(theta, grads, with_buffer._replace(step=3))
+    assert torch.equal(new["w"], torch.full((3,), 0.9, dtype=torch.float64))
+    assert state.momentum_buffer is None and state.step == 4

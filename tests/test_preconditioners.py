@@ -344,3 +344,24 @@ def test_recycled_preconditioner_forgets_products_of_another_size():
     assert pc._store.rows.shape == (2 * pc.memory, 7) and pc.recorded == min(
         sol.iterations, pc.memory
     )
+
+
+@pytest.mark.parametrize("kind", ["negative", "zero"])
+def test_recycled_pairs_that_are_all_dropped_give_plain_cg(kind):
+    # Only negative curvature (products of -I), or only zero vectors: every kept pair is
+    # dropped, and the next solve must run as if nothing had been recorded.
+    n = 6
+    A = _spd(n, 10.0, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    pc = ig.RecycledPreconditioner(memory=4)
+    for _ in range(3):
+        v = (
+            torch.randn(n, dtype=F64, generator=gen)
+            if kind == "negative"
+            else torch.zeros(n, dtype=F64)
+        )
+        pc.record(v, -v)
+    b = torch.randn(n, dtype=F64, generator=gen)
+    sol = ig.CG(max_iter=50, tol=1e-12, damping=5.0, preconditioner=pc).solve(_operator(A), b)
+    want = torch.linalg.solve(A + 5.0 * torch.eye(n, dtype=F64), b)
+    assert sol.converged and torch.allclose(sol.value, want, rtol=1e-10)

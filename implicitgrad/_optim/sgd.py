@@ -110,7 +110,8 @@ class SGD(AbstractOptimizer):
         self, state: SGDState, spec: TreeDef, leaves: Sequence[torch.Tensor]
     ) -> SGDState:
         if is_zero(self.momentum):
-            return state
+            # A buffer left by another optimizer's state is ignored, as by `step`.
+            return SGDState(state.step, None)
         if state.momentum_buffer is None:
             raise InputError(
                 "`SGD.step(state=...)` has no momentum buffer but momentum="

@@ -40,18 +40,31 @@ def nystrom_from_pairs(
     from slightly different operators.
     """
     cut = torch.finfo(gram_ss.dtype).eps ** 0.5
+    empty = gram_ss.new_zeros((gram_ss.shape[0], 0)), gram_ss.new_zeros((0,))
+
+    def kept(values: torch.Tensor) -> torch.Tensor | None:
+        # Every direction can be dropped (zero vectors, only negative curvature): then
+        # there is nothing to precondition with.
+        if values.numel() == 0 or float(values[-1]) <= 0.0:
+            return None
+        keep = values > float(values[-1]) * cut
+        return keep
+
     norms = gram_ss.diagonal().sqrt()
     live = norms > 0
     d = torch.where(live, 1.0 / torch.where(live, norms, 1.0), 0.0)
     values, vectors = torch.linalg.eigh(d[:, None] * gram_ss * d[None, :])
-    keep = values > max(float(values[-1]), 0.0) * cut
+    if (keep := kept(values)) is None:
+        return empty
     whiten = d[:, None] * (vectors[:, keep] / values[keep].sqrt())  # Ω = Sᵀ·whiten
     core = whiten.T @ gram_sy @ whiten  # ΩᵀAΩ
     values, vectors = torch.linalg.eigh(0.5 * (core + core.T))
-    keep = values > max(float(values[-1]), 0.0) * cut
+    if (keep := kept(values)) is None:
+        return empty
     mix = whiten @ (vectors[:, keep] / values[keep].sqrt())  # Â = BBᵀ with B = Yᵀ·mix
     squares, right = torch.linalg.eigh(mix.T @ gram_yy @ mix)  # BᵀB
-    keep = squares > max(float(squares[-1]), 0.0) * cut
+    if (keep := kept(squares)) is None:
+        return empty
     coef = mix @ (right[:, keep] / squares[keep].sqrt())
     return coef.flip(1), squares[keep].flip(0)
 
