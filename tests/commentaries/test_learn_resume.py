@@ -185,7 +185,7 @@ def test_a_run_with_skipped_steps_resumes_exactly(tmp_path: Path) -> None:
 # The state and its folder.
 
 
-def _states(steps: int = 4, every: int = 2, **kw) -> list[LearnState]:
+def _states(steps: int = 5, every: int = 2, **kw) -> list[LearnState]:
     states: list[LearnState] = []
     learn(
         _build("blending", 0),
@@ -490,3 +490,8 @@ def test_the_state_holds_the_settings(state_at_2: LearnState) -> None:
     states = _states(settings={"steps": 4, "solver": "cg"})
     assert [s.settings for s in states] == [{"steps": 4, "solver": "cg"}] * 2
     assert state_at_2.settings == {}
+
+
+def test_no_state_after_the_last_meta_step() -> None:
+    # A state at the end could only be resumed to do nothing; the caller saves the result.
+    assert [s.step for s in _states(steps=6, every=3)] == [3]

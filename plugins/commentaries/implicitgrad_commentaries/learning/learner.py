@@ -336,9 +336,9 @@ def learn(
     - `checkpoint`: called as `checkpoint(state)` with a
       [`LearnState`][implicitgrad_commentaries.LearnState] after every
       `checkpoint_every`-th meta-step (steps $k, 2k, \\dots$ of the whole run, skipped steps
-      included; not after the meta-step where the run diverged). Save it with
-      `state.save(folder)`; under `data_parallel` the state is the same on every process
-      and the caller chooses which one saves.
+      included; not after the last meta-step, nor after the one where the run diverged).
+      Save it with `state.save(folder)`; under `data_parallel` the state is the same on
+      every process and the caller chooses which one saves.
     - `checkpoint_every`: $k$ (default `0`: never).
     - `resume`: a `LearnState` of this run (the same commentary and config, data set,
       schedule, student, batch size, seed and meta learning rate; the commentary object
@@ -445,7 +445,10 @@ def learn(
             if not (finite_phi and math.isfinite(val_loss)):
                 history.diverged_at = step
                 break
-        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+        # None after the last meta-step: the run is complete, and the caller saves its result
+        # (a state there could only be resumed to do nothing).
+        due = checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps
+        if checkpoint is not None and due:
             history.seconds = earlier + time.perf_counter() - start
             checkpoint(
                 _capture(step + 1, history, commentary, meta_opt, gen, step_fn, run, settings)
