@@ -172,6 +172,8 @@ def train_student(
         commentary.to(device)
         commentary.eval()
         phi = {k: v.detach() for k, v in commentary.phi().items()}
+    # What the student is tested on does not change during training: built once.
+    test = _test_split(data, commentary, phi)
     curve: dict[int, float] = {}
     for step in range(1, config.steps + 1):
         idx = torch.randint(len(data.train), (config.batch_size,), generator=gen).to(device)
@@ -186,7 +188,7 @@ def train_student(
         opt.step()
         sched.step()
         if step in tested:
-            curve[step] = accuracy(model, _test_split(data, commentary, phi))
+            curve[step] = accuracy(model, test)
             if on_eval is not None:
                 on_eval(step, curve[step])
     result = {f: curve[config.eval_step(f)] for f in config.eval_fractions}

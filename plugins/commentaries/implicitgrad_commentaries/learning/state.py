@@ -99,10 +99,12 @@ class LearnState:
 
     !!! warning
 
-        A preconditioner that is reused across solves (`refresh_every > 1`) keeps its last
-        build in the solver object, which is not part of the state: the resumed run
-        rebuilds it at its first solve, so its hypergradients differ slightly from an
-        uninterrupted run's.
+        A preconditioner that carries state from one solve to the next (one reused across
+        solves with `refresh_every > 1`, or a
+        [`RecycledPreconditioner`][implicitgrad.RecycledPreconditioner], which keeps the
+        products of earlier solves) keeps it in the solver object, which is not part of
+        the state: the resumed run starts it afresh, so its hypergradients differ slightly
+        from an uninterrupted run's.
 
     **Example:**
 
