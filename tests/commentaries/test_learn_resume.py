@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -368,6 +369,12 @@ DAMAGE = {
         _replace_payload_field("student", {"__tree__": "namedtuple:os:getcwd", "items": []}),
         "os.getcwd is not a named tuple",
     ),
+    "a student tree naming a module not loaded": (
+        _replace_payload_field(
+            "student", {"__tree__": "namedtuple:antigravity:Thing", "items": []}
+        ),
+        "antigravity.Thing is not loaded",
+    ),
     "a commentary's weights": (
         _replace_payload({"matrix": torch.zeros(3, 3)}),
         "does not hold a learn state",
@@ -392,6 +399,7 @@ def test_a_damaged_state_is_one_checkpoint_error(damage: str, saved: Path, tmp_p
     assert "\n" not in message and str(folder) in message, message
     assert words in message, message
     assert "start it again without resuming" in message or "Pass" in message, message
+    assert "antigravity" not in sys.modules  # a state file never imports a module
 
 
 @pytest.mark.parametrize("where", ["nowhere", "a-file"])

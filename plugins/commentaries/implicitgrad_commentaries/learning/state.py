@@ -10,10 +10,10 @@ SHA-256 of `state.pt`). It is written and replaced as one unit, like a commentar
 from __future__ import annotations
 
 import copy
-import importlib
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -309,7 +309,13 @@ def _decode(tree: Any) -> Any:
         return dict(zip(tree["keys"], items, strict=True))
     if tag.startswith("namedtuple:"):
         _, module, qualname = tag.split(":")
-        kind: Any = importlib.import_module(module)
+        # Only types already loaded: a state file never makes this process import a module.
+        kind: Any = sys.modules.get(module)
+        if kind is None:
+            raise TypeError(
+                f"the named tuple {module}.{qualname} is not loaded; import the module of "
+                "the optimizer that made this state first"
+            )
         for part in qualname.split("."):
             kind = getattr(kind, part)
         if not (isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields")):
