@@ -463,3 +463,32 @@ def test_the_documented_config_file_is_accepted_by_learn_and_train(tmp_path: Pat
         path.write_text(text, encoding="utf-8")
         for command in ("learn", "train"):
             assert read_config(str(path), command, parsers), (i, command)
+
+
+@pytest.mark.parametrize("inside", ["out", "resume"])
+def test_a_log_dir_inside_a_folder_that_is_replaced_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, inside: str
+) -> None:
+    out = tmp_path / "b"
+    logs = out / "logs" if inside == "out" else tmp_path / "b.resume" / "logs"
+    result = _main(capsys, "--quiet", *LEARN, "--out", str(out), "--log-dir", str(logs))
+    where = "inside --out" if inside == "out" else "inside its state folder"
+    assert_one_line_error(result, 2, "learn", where)
+    assert not out.exists()
+
+
+def test_a_set_value_holding_null_is_left_out_of_the_saved_config() -> None:
+    import argparse
+
+    import tomllib
+    from implicitgrad_commentaries.cli.config import dump_config
+    from implicitgrad_commentaries.cli.main import build_parser
+
+    parser = build_parser().subcommands["learn"]  # type: ignore[attr-defined]
+    args = parser.parse_args(["blending", "--out", "x"])
+    assert isinstance(args, argparse.Namespace)
+    text, left_out = dump_config(
+        "learn", parser, args, {"set": {"a": [1, None], "b": {"c": None}, "d": [1, 2]}}
+    )
+    assert left_out == ["a", "b"]
+    assert tomllib.loads(text)["learn"]["set"] == {"d": [1, 2]}

@@ -175,7 +175,7 @@ def dump_config(
     **Returns:**
 
     `(text, left out)`: the TOML text and the `--set` names whose value TOML cannot hold
-    (`null`).
+    (`null`, also inside a list or an object).
     """
     table: dict[str, Any] = {}
     left_out: list[str] = []
@@ -184,8 +184,8 @@ def dump_config(
             continue
         value = resolved.get(action.dest, getattr(args, action.dest, None))
         if isinstance(value, dict):
-            left_out += [k for k, v in value.items() if v is None]
-            value = {k: v for k, v in value.items() if v is not None}
+            left_out += [k for k, v in value.items() if _holds_null(v)]
+            value = {k: v for k, v in value.items() if not _holds_null(v)}
             if not value:
                 continue
         if value is None or value is False:
@@ -198,3 +198,12 @@ def dump_config(
         f"# `commentaries {command} --config THIS_FILE` (flags given there win).\n"
     )
     return header + tomli_w.dumps({command: table}), left_out
+
+
+def _holds_null(value: Any) -> bool:
+    """Whether a JSON value is or contains `null`, which TOML cannot write."""
+    if isinstance(value, dict):
+        return any(_holds_null(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_null(v) for v in value)
+    return value is None

@@ -28,11 +28,15 @@ def log_folder(args: argparse.Namespace, default: Path, out: Path) -> Path:
     log_dir = Path(args.log_dir) if args.log_dir is not None else default
     if log_dir.exists() and not log_dir.is_dir():
         raise UsageError(f"--log-dir {str(log_dir)!r} is an existing file; pass a folder")
-    if args.command == "learn" and log_dir.resolve().is_relative_to(out.resolve()):
-        raise UsageError(
-            f"--log-dir {str(log_dir)!r} is inside --out {str(out)!r}, which is replaced as a "
-            "whole when the commentary is saved; choose a folder outside it"
-        )
+    if args.command == "learn":
+        # Both folders are replaced as a whole (the commentary on save, the state at every
+        # checkpoint) and removed or swapped with everything in them.
+        for flag, folder in (("--out", out), ("its state folder", sibling(out, ".resume"))):
+            if log_dir.resolve().is_relative_to(folder.resolve()):
+                raise UsageError(
+                    f"--log-dir {str(log_dir)!r} is inside {flag} {str(folder)!r}, which is "
+                    "replaced as a whole when it is saved; choose a folder outside it"
+                )
     writable_dir(log_dir, "--log-dir")
     return log_dir
 
@@ -46,7 +50,7 @@ def resolved_toml(args: argparse.Namespace, resolved: dict[str, Any]) -> str:
     for name in left_out:
         warn(
             f"commentaries {args.command}",
-            f"--set {name}=null cannot be written to the saved configuration (TOML has no "
-            "null); it is left out there",
+            f"--set {name}: a value that is or holds null cannot be written to the saved "
+            "configuration (TOML has no null); it is left out there",
         )
     return text
