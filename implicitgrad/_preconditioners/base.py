@@ -28,11 +28,14 @@ class BuiltPreconditioner:
     - `details`: what the build found, for diagnostics (for example the rank and the
       captured eigenvalues of a Nyström preconditioner, the clamped entries of a diagonal
       one).
+    - `is_identity`: `apply` is the identity (nothing to precondition with yet); CG then
+      runs its plain iteration.
     """
 
     apply: Callable[[torch.Tensor], torch.Tensor]
     products: int
     details: dict[str, Any] = field(default_factory=dict)
+    is_identity: bool = False
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         return self.apply(v)

@@ -69,6 +69,10 @@ def nystrom_from_pairs(
     return coef.flip(1), squares[keep].flip(0)
 
 
+# Before two products are kept, or when every kept pair is dropped.
+_NOTHING_YET = BuiltPreconditioner(torch.clone, products=0, details={"rank": 0}, is_identity=True)
+
+
 @dataclass(frozen=True)
 class RecycledPreconditioner(AbstractPreconditioner):
     """Preconditioner built from the products CG already made in earlier solves.
@@ -165,7 +169,7 @@ class RecycledPreconditioner(AbstractPreconditioner):
             or rows.dtype != operator.dtype
             or rows.device != operator.device
         ):
-            return BuiltPreconditioner(torch.clone, products=0, details={"rank": 0})
+            return _NOTHING_YET
         n = store.count
         if n == k:
             gram = rows @ rows.T  # one pass over the full ring
@@ -175,7 +179,7 @@ class RecycledPreconditioner(AbstractPreconditioner):
             grams = s @ s.T, s @ y.T, y @ y.T
         coef, lam = nystrom_from_pairs(*grams)
         if lam.numel() == 0:
-            return BuiltPreconditioner(torch.clone, products=0, details={"rank": 0})
+            return _NOTHING_YET
         # The ring keeps filling during the solve: M must not change, so keep a copy of Y.
         # U = Yᵀ coef is applied through Y (two passes over k rows, no n × k matrix formed).
         y = rows[k : k + n].clone()

@@ -182,7 +182,8 @@ class CG(AbstractSolver):
         iterations = 0
         r = b.clone() if x0 is None else b - matvec(x)
         iterations += x0 is not None
-        solution = self._iterate(matvec, b, x, r, b_norm, iterations, built)
+        plain = built is None or built.is_identity
+        solution = self._iterate(matvec, b, x, r, b_norm, iterations, None if plain else built)
         if self.preconditioner is None:
             return solution
         self.preconditioner.observe(solution.iterations)
