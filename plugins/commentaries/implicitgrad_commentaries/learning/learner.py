@@ -21,7 +21,7 @@ from implicitgrad import InputError, SolverError
 from ..commentaries.base import AbstractCommentary
 from ..commentaries.students import make_student
 from ..datasets.splits import Dataset, Split
-from .state import LearnState
+from .state import LearnState, to_device
 
 __all__ = [
     "Schedule",
@@ -852,17 +852,11 @@ class _Student:
         # The initialization is rebuilt from its seed: the schedule may restart from it.
         self._initialize(int(state["seed"]))
         device = self.data.device
-        self.theta = _to_device(state["theta"], device)
-        self.opt = _to_device(state["optimizer"], device)
+        self.theta = to_device(state["theta"], device)
+        self.opt = to_device(state["optimizer"], device)
 
 
 def _to_cpu(tree: Any) -> Any:
     return torch.utils._pytree.tree_map(
         lambda t: t.detach().to("cpu", copy=True) if isinstance(t, torch.Tensor) else t, tree
-    )
-
-
-def _to_device(tree: Any, device: torch.device) -> Any:
-    return torch.utils._pytree.tree_map(
-        lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree
     )

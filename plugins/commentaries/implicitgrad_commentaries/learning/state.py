@@ -210,20 +210,14 @@ class LearnState:
         """The same state with the commentary, the meta-optimizer and the student's
         tensors on `device` (the generator states stay on the CPU, where torch keeps
         them)."""
-
-        def move(tree: Any) -> Any:
-            return torch.utils._pytree.tree_map(
-                lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree
-            )
-
         return LearnState(
             step=self.step,
             history=self.history,
-            commentary=move(self.commentary),
-            meta_optimizer=move(self.meta_optimizer),
+            commentary=to_device(self.commentary, device),
+            meta_optimizer=to_device(self.meta_optimizer, device),
             batches=self.batches,
             rng=self.rng,
-            student=move(self.student),
+            student=to_device(self.student, device),
             run=self.run,
             settings=self.settings,
         )
@@ -351,3 +345,10 @@ def _is_complete(folder: Path) -> bool:
     except CheckpointError:
         return False
     return (folder / _STATE).is_file()
+
+
+def to_device(tree: Any, device: torch.device | str | None) -> Any:
+    """`tree` with its tensors on `device` (the tensors already there are kept)."""
+    return torch.utils._pytree.tree_map(
+        lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree
+    )
