@@ -169,12 +169,22 @@ def _leftovers(out: Path) -> list[Path]:
     return found
 
 
+def completeness(read_meta: Callable[[Path], object], payload: str) -> Callable[[Path], bool]:
+    """The test of whether a saved folder is whole: its metadata reads (through
+    `read_meta`, which raises `CheckpointError` otherwise) and its `payload` file exists."""
+
+    def is_complete(folder: Path) -> bool:
+        try:
+            read_meta(folder)
+        except CheckpointError:
+            return False
+        return (folder / payload).is_file()
+
+    return is_complete
+
+
 def _is_complete(folder: Path) -> bool:
-    try:
-        read_metadata(folder)
-    except CheckpointError:
-        return False
-    return (folder / _WEIGHTS).is_file()
+    return completeness(read_metadata, _WEIGHTS)(folder)
 
 
 def recover(out: str | os.PathLike[str]) -> None:

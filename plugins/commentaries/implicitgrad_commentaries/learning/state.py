@@ -26,6 +26,7 @@ from .checkpoint import (
     CheckpointError,
     _one_line,
     _sha256,
+    completeness,
     load_checked,
     read_json_object,
     recover_folder,
@@ -340,11 +341,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 
 def _is_complete(folder: Path) -> bool:
-    try:
-        _read_meta(folder)
-    except CheckpointError:
-        return False
-    return (folder / _STATE).is_file()
+    return completeness(_read_meta, _STATE)(folder)
 
 
 def to_device(tree: Any, device: torch.device | str | None) -> Any:
